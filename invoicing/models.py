@@ -1,0 +1,254 @@
+"""Postgres tables, as SQLAlchemy 2 typed mappings.
+
+Every key starts with `organization_id`: a tenant's rows can only be reached through
+its own id, and composite foreign keys keep a subscription from pointing at another
+tenant's customer or plan. Money is integer minor units (`*_minor`); quantities and
+prices are NUMERIC; timestamps are `timestamptz`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+TS = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: TS, Decimal: Numeric, dict[str, Any]: JSONB}
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(String(3))
+    payment_terms_days: Mapped[int] = mapped_column(Integer, default=30)
+    invoice_prefix: Mapped[str] = mapped_column(Text)
+
+
+class Meter(Base):
+    __tablename__ = "meters"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_type: Mapped[str] = mapped_column(Text)
+    aggregation: Mapped[str] = mapped_column(Text)
+    value_property: Mapped[str | None] = mapped_column(Text)
+    filters: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    __table_args__ = (
+        ForeignKeyConstraint(["organization_id"], ["organizations.id"]),
+        CheckConstraint(
+            "aggregation IN ('count','sum','max','unique_count','latest')", name="meter_aggregation"
+        ),
+    )
+
+
+class Plan(Base):
+    __tablename__ = "plans"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    code: Mapped[str] = mapped_column(Text, primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    __table_args__ = (ForeignKeyConstraint(["organization_id"], ["organizations.id"]),)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    __table_args__ = (ForeignKeyConstraint(["organization_id"], ["organizations.id"]),)
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(Text)
+    plan_code: Mapped[str] = mapped_column(Text)
+    start_at: Mapped[datetime] = mapped_column(TS)
+    billing_anchor: Mapped[datetime] = mapped_column(TS)
+    end_at: Mapped[datetime | None] = mapped_column(TS)
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "customer_id"], ["customers.organization_id", "customers.id"]
+        ),
+        ForeignKeyConstraint(["organization_id", "plan_code"], ["plans.organization_id", "plans.code"]),
+        CheckConstraint("end_at IS NULL OR end_at > start_at", name="subscription_window"),
+        Index("ix_subscriptions_customer", "organization_id", "customer_id"),
+    )
+
+
+class Event(Base):
+    """An accepted usage event: the persisted input every invoice is derived from."""
+
+    __tablename__ = "events"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(Text)
+    event_time: Mapped[datetime] = mapped_column(TS)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    source_partition: Mapped[int] = mapped_column(Integer)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageTotal(Base):
+    """Quantity so far per (subscription, meter, billing period).
+
+    `closed` flips to true in the close's transaction; the worker's upsert only adds
+    to open rows, so usage that arrives for a closed period becomes late usage instead.
+    """
+
+    __tablename__ = "usage_totals"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    meter_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    period_end: Mapped[datetime] = mapped_column(TS)
+    quantity: Mapped[Decimal] = mapped_column(Numeric, default=Decimal(0))
+    event_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    latest_time: Mapped[datetime | None] = mapped_column(TS)
+    latest_event: Mapped[str | None] = mapped_column(Text)
+    closed: Mapped[bool] = mapped_column(default=False)
+    __table_args__ = (CheckConstraint("period_end > period_start", name="usage_period"),)
+
+
+class UsageUniqueValue(Base):
+    """Distinct values seen by a `unique_count` meter in one period."""
+
+    __tablename__ = "usage_unique_values"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    meter_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    value: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
+class LateUsage(Base):
+    """Usage that arrived after its period was invoiced; billed on the next invoice."""
+
+    __tablename__ = "late_usage"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    meter_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(TS)
+    period_end: Mapped[datetime] = mapped_column(TS)
+    value: Mapped[Decimal] = mapped_column(Numeric)
+    billed_invoice_id: Mapped[str | None] = mapped_column(Text)
+
+
+class ConsumerOffset(Base):
+    """The next offset to process per partition, written in each batch's transaction."""
+
+    __tablename__ = "consumer_offsets"
+    consumer_group: Mapped[str] = mapped_column(Text, primary_key=True)
+    topic: Mapped[str] = mapped_column(Text, primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    accepted: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicates: Mapped[int] = mapped_column(BigInteger, default=0)
+    dead_lettered: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    topic: Mapped[str] = mapped_column(Text, primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    organization_id: Mapped[str | None] = mapped_column(Text)
+    code: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str] = mapped_column(Text)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class Invoice(Base):
+    __tablename__ = "invoices"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    organization_id: Mapped[str] = mapped_column(Text)
+    number: Mapped[str | None] = mapped_column(Text)
+    customer_id: Mapped[str] = mapped_column(Text)
+    subscription_id: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(String(3))
+    period_start: Mapped[datetime] = mapped_column(TS)
+    period_end: Mapped[datetime] = mapped_column(TS)
+    issued_at: Mapped[datetime | None] = mapped_column(TS)
+    due_at: Mapped[datetime | None] = mapped_column(TS)
+    subtotal_minor: Mapped[int] = mapped_column(BigInteger)
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        UniqueConstraint("organization_id", "subscription_id", "period_start", name="invoice_period"),
+        UniqueConstraint("organization_id", "number", name="invoice_number"),
+        CheckConstraint(
+            "status IN ('draft','issued','paid','void','uncollectible')", name="invoice_status"
+        ),
+        CheckConstraint("status = 'draft' OR number IS NOT NULL", name="invoice_numbered"),
+        CheckConstraint("total_minor = subtotal_minor", name="invoice_total"),
+        ForeignKeyConstraint(
+            ["organization_id", "subscription_id"],
+            ["subscriptions.organization_id", "subscriptions.id"],
+        ),
+        Index("ix_invoices_customer", "organization_id", "customer_id"),
+    )
+
+
+class InvoiceLine(Base):
+    __tablename__ = "invoice_lines"
+    invoice_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    line_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    charge: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+    quantity: Mapped[Decimal] = mapped_column(Numeric)
+    amount: Mapped[Decimal] = mapped_column(Numeric)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    service_start: Mapped[datetime] = mapped_column(TS)
+    service_end: Mapped[datetime] = mapped_column(TS)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    __table_args__ = (
+        ForeignKeyConstraint(["invoice_id"], ["invoices.id"], ondelete="CASCADE"),
+        UniqueConstraint("invoice_id", "position", name="invoice_line_position"),
+    )
+
+
+class InvoiceSequence(Base):
+    """Gapless invoice numbers: bumped in the same transaction that issues an invoice."""
+
+    __tablename__ = "invoice_sequences"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class InvoiceStatusChange(Base):
+    __tablename__ = "invoice_status_history"
+    invoice_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    from_status: Mapped[str | None] = mapped_column(Text)
+    to_status: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(TS)
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(Text)
+    __table_args__ = (ForeignKeyConstraint(["invoice_id"], ["invoices.id"], ondelete="CASCADE"),)

@@ -1,0 +1,91 @@
+"""Reading invoices and running usage back out, in the documented JSON shapes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from invoicing import models as m
+
+
+def _ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _dec(value: Decimal) -> str:
+    """Decimal as a plain string without exponent or trailing zeros ("1E+1" → "10")."""
+    text = format(value.normalize(), "f")
+    return text
+
+
+def invoice_json(inv: m.Invoice, lines: list[m.InvoiceLine], history: list[m.InvoiceStatusChange]) -> dict[str, Any]:
+    """One invoice in its public JSON shape; stable key order and line order."""
+    return {
+        "id": inv.id,
+        "number": inv.number,
+        "organization": inv.organization_id,
+        "customer": inv.customer_id,
+        "subscription": inv.subscription_id,
+        "status": inv.status,
+        "currency": inv.currency,
+        "period_start": _ts(inv.period_start),
+        "period_end": _ts(inv.period_end),
+        "issued_at": _ts(inv.issued_at),
+        "due_at": _ts(inv.due_at),
+        "lines": [
+            {
+                "line_key": line.line_key,
+                "charge": line.charge,
+                "kind": line.kind,
+                "description": line.description,
+                "quantity": _dec(line.quantity),
+                "amount": _dec(line.amount),
+                "amount_minor": line.amount_minor,
+                "service_start": _ts(line.service_start),
+                "service_end": _ts(line.service_end),
+                **({"details": line.details} if line.details else {}),
+            }
+            for line in sorted(lines, key=lambda x: x.position)
+        ],
+        "subtotal_minor": inv.subtotal_minor,
+        "total_minor": inv.total_minor,
+        "status_history": [
+            {"from": h.from_status, "to": h.to_status, "at": _ts(h.at), "reason": h.reason, "actor": h.actor}
+            for h in sorted(history, key=lambda x: x.seq)
+        ],
+    }
+
+
+def list_invoices(engine: Engine, organization: str, customer: str | None = None) -> list[dict[str, Any]]:
+    with Session(engine) as session:
+        query = select(m.Invoice).where(m.Invoice.organization_id == organization)
+        if customer is not None:
+            query = query.where(m.Invoice.customer_id == customer)
+        invoices = list(session.scalars(query.order_by(m.Invoice.period_start, m.Invoice.subscription_id)))
+        ids = [i.id for i in invoices]
+        lines: dict[str, list[m.InvoiceLine]] = defaultdict(list)
+        for line in session.scalars(select(m.InvoiceLine).where(m.InvoiceLine.invoice_id.in_(ids))):
+            lines[line.invoice_id].append(line)
+        history: dict[str, list[m.InvoiceStatusChange]] = defaultdict(list)
+        for change in session.scalars(select(m.InvoiceStatusChange).where(m.InvoiceStatusChange.invoice_id.in_(ids))):
+            history[change.invoice_id].append(change)
+        return [invoice_json(i, lines[i.id], history[i.id]) for i in invoices]
+
+
+def stream_counters(engine: Engine, topic: str) -> dict[str, int]:
+    """Conservation counters across partitions: received = accepted + duplicates + dead_lettered."""
+    with Session(engine) as session:
+        rows = session.scalars(select(m.ConsumerOffset).where(m.ConsumerOffset.topic == topic)).all()
+        return {
+            "received": sum(r.received for r in rows),
+            "accepted": sum(r.accepted for r in rows),
+            "duplicates": sum(r.duplicates for r in rows),
+            "dead_lettered": sum(r.dead_lettered for r in rows),
+        }

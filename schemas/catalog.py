@@ -1,0 +1,128 @@
+"""The catalog-as-code contract: organizations, meters, plans, customers, subscriptions.
+
+`valora catalog apply FILE` reads this shape; other tools generate it, so it is a
+contract: frozen models, unknown fields rejected, every decimal parsed exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from schemas.plans import Plan
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+Ident = Annotated[str, Field(pattern=_ID)]
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class Aggregation(StrEnum):
+    """How a meter folds the events it matches into one quantity per period."""
+
+    COUNT = "count"
+    SUM = "sum"
+    MAX = "max"
+    UNIQUE_COUNT = "unique_count"
+    LATEST = "latest"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Organization(_Frozen):
+    id: Ident
+    name: str
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    payment_terms_days: int = Field(default=30, ge=0, le=365)
+    invoice_prefix: str | None = Field(default=None, pattern=r"^[A-Z0-9]{1,12}$")
+
+
+class Meter(_Frozen):
+    organization: Ident
+    key: Ident
+    event_type: str = Field(min_length=1)
+    aggregation: Aggregation
+    value_property: str | None = Field(default=None, pattern=r"^[^.]+(\.[^.]+)*$")
+    filters: dict[str, tuple[Any, ...]] | None = None
+
+    @model_validator(mode="after")
+    def _value_property_when_needed(self) -> Meter:
+        if self.aggregation is not Aggregation.COUNT and self.value_property is None:
+            raise ValueError(f"aggregation {self.aggregation.value!r} needs value_property")
+        return self
+
+
+class CatalogPlan(Plan):
+    """A plan as it appears in a catalog: the rating plan plus its owner."""
+
+    organization: Ident
+
+
+class Customer(_Frozen):
+    organization: Ident
+    id: Ident
+    name: str
+
+
+class Subscription(_Frozen):
+    organization: Ident
+    id: Ident
+    customer: Ident
+    plan: Ident
+    start: UtcDatetime
+    billing_anchor: UtcDatetime | None = None
+    end: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> Subscription:
+        if self.end is not None and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class Catalog(_Frozen):
+    organizations: tuple[Organization, ...] = ()
+    meters: tuple[Meter, ...] = ()
+    plans: tuple[CatalogPlan, ...] = ()
+    customers: tuple[Customer, ...] = ()
+    subscriptions: tuple[Subscription, ...] = ()
+
+
+SECTION_NAMES = ("organizations", "meters", "plans", "customers", "subscriptions")
+
+
+def entry_label(section: str, raw: Any) -> str:
+    """Name a catalog entry for an error message, from whatever id fields it has."""
+    if not isinstance(raw, dict):
+        return f"{section} entry"
+    for field in ("id", "key", "code"):
+        if isinstance(raw.get(field), str):
+            org = raw.get("organization")
+            prefix = f"{org}/" if isinstance(org, str) else ""
+            return f"{section[:-1]} {prefix}{raw[field]!r}"
+    return f"{section} entry"
+
+
+def decimal_or_none(value: Any) -> Decimal | None:
+    """Parse a JSON scalar as an exact Decimal, or None when it is not numeric."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, Decimal)):
+        return Decimal(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
+        return Decimal(value.strip())
+    return None

@@ -1,0 +1,45 @@
+"""Valora's exception tree: one root, a stable `code` string on every class.
+
+    ValoraError                      code "valora_error"
+    └── InvalidInput (ValueError)    code "invalid_input"
+        ├── InvalidPlan              code "invalid_plan"
+        └── InvalidUsage             code "invalid_usage"
+
+Errors about a bad value also subclass `ValueError`, so code that only knows the
+standard library can still catch them. The `code` is part of the contract (logs,
+CLI exit lines, API error bodies): never rename one, add a new class instead.
+Messages are one line and name the offending thing (plan code, charge key, meter).
+"""
+
+from __future__ import annotations
+
+
+class ValoraError(Exception):
+    """Root of every error Valora raises on purpose."""
+
+    code: str = "valora_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInput(ValoraError, ValueError):
+    """A value given to Valora (file, payload, argument) is malformed or out of range."""
+
+    code = "invalid_input"
+
+
+class InvalidPlan(InvalidInput):
+    """A plan failed validation; the message names the plan code and the charge key."""
+
+    code = "invalid_plan"
+
+
+class InvalidUsage(InvalidInput):
+    """A usage quantity is not a finite, non-negative number; the message names the meter."""
+
+    code = "invalid_usage"

@@ -1,0 +1,146 @@
+"""Planning one batch: records in, rows out (pure; the sink does the I/O).
+
+For every record the plan says exactly one of: accepted candidate (an event row
+plus its meter contributions), in-batch duplicate, or dead letter. Whether a
+candidate is new or a duplicate of an earlier batch is settled by the unique key
+in Postgres, inside the sink's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from schemas.catalog import Aggregation
+from streams.decode import Reason, Rejection, UsageEvent, decode_record, read_path
+from streams.snapshot import CatalogSnapshot, MeterView
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """What one event adds to one (subscription, meter, period) total."""
+
+    organization: str
+    subscription: str
+    meter: str
+    aggregation: Aggregation
+    period_start: datetime
+    period_end: datetime
+    dedup_key: str
+    value: Decimal
+    time: datetime
+    event_id: str
+    unique_value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    organization: str | None
+    code: Reason
+    detail: str
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    events: list[tuple[UsageEvent, Record]] = field(default_factory=list)
+    contributions: list[Contribution] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    in_batch_duplicates: int = 0
+
+
+def _numeric(value: Any) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, Decimal)):
+        return Decimal(value)
+    if isinstance(value, str):
+        try:
+            parsed = Decimal(value)
+        except InvalidOperation:
+            return None
+        return parsed if parsed.is_finite() else None
+    return None
+
+
+def _matches(meter: MeterView, properties: dict[str, Any]) -> bool:
+    for prop, allowed in meter.filters.items():
+        got = read_path(properties, tuple(prop.split(".")))
+        if got is None or (got if isinstance(got, str) else str(got)) not in allowed:
+            return False
+    return True
+
+
+def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contribution]:
+    """Meter contributions of one event, or a Rejection when it cannot be counted."""
+    subs = snapshot.subscriptions_by_customer.get((event.organization, event.customer))
+    if subs is None:
+        raise Rejection(Reason.UNKNOWN_CUSTOMER, f"customer {event.customer!r} is not in the catalog")
+    active = [s for s in subs if s.active_at(event.time)]
+    if not active:
+        raise Rejection(Reason.NO_ACTIVE_SUBSCRIPTION,
+                        f"customer {event.customer!r} has no subscription active at {event.time.isoformat()}")
+    out: list[Contribution] = []
+    for meter in snapshot.meters_by_type.get((event.organization, event.type), ()):
+        if not _matches(meter, event.properties):
+            continue
+        value, unique = Decimal(1), None
+        if meter.aggregation is not Aggregation.COUNT:
+            raw = read_path(event.properties, meter.value_path)
+            if meter.aggregation is Aggregation.UNIQUE_COUNT:
+                if raw is None or isinstance(raw, (dict, list)):
+                    raise Rejection(Reason.SCHEMA, f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is missing or not a scalar")
+                unique = raw if isinstance(raw, str) else str(raw)
+            else:
+                number = _numeric(raw)
+                if number is None:
+                    raise Rejection(Reason.VALUE_NOT_NUMERIC,
+                                    f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is {raw!r}, not a number")
+                value = number
+        for sub in active:
+            if meter.key in sub.meter_keys:
+                period = sub.period_at(event.time)
+                out.append(Contribution(event.organization, sub.id, meter.key, meter.aggregation,
+                                        period.start, period.end, event.dedup_key, value, event.time,
+                                        event.id, unique))
+    return out
+
+
+def plan_batch(records: Iterable[Record], snapshot: CatalogSnapshot, *, now: datetime,
+               future_tolerance: timedelta) -> BatchPlan:
+    """Decode, route and dedup (within the batch) a sequence of records."""
+    plan = BatchPlan()
+    seen: set[tuple[str, str]] = set()
+    for rec in records:
+        org: str | None = None
+        try:
+            event = decode_record(rec.key, rec.value, now=now, future_tolerance=future_tolerance)
+            org = event.organization
+            if org not in snapshot.organizations:
+                raise Rejection(Reason.UNKNOWN_ORGANIZATION, f"organization {org!r} is not in the catalog")
+            ident = (org, event.dedup_key)
+            if ident in seen:
+                plan.in_batch_duplicates += 1
+                continue
+            contributions = _contributions(event, snapshot)
+        except Rejection as rej:
+            plan.dead_letters.append(DeadLetter(rec.partition, rec.offset, org, rej.code, rej.detail, rec.key, rec.value))
+            continue
+        seen.add(ident)
+        plan.events.append((event, rec))
+        plan.contributions.extend(contributions)
+    return plan

@@ -1,0 +1,249 @@
+"""Writing a batch to Postgres exactly once, in one transaction.
+
+Steps, all in the same transaction:
+
+1. Lock the batch's partitions in `consumer_offsets` and drop every record below
+   the stored next offset (a replay after a crash or rebalance: already counted).
+2. Plan the rest (decode, route, in-batch dedup).
+3. COPY the candidate events into a temp table and insert them into `events`
+   under its primary key; the keys that come back are the genuinely new events.
+4. Fold only the new events' contributions into `usage_totals` (rows whose
+   period is already closed refuse the update, and those contributions become
+   late usage instead), and record dead letters.
+5. Advance the stored offsets and the conservation counters.
+
+A crash anywhere before COMMIT leaves nothing behind; after it, the offsets
+guard the replay. Kafka's own committed offsets only decide where re-reading
+starts, never what is counted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import psycopg
+
+from schemas.catalog import Aggregation
+from streams.batch import BatchPlan, Contribution, DeadLetter, Record, plan_batch
+from streams.snapshot import CatalogSnapshot
+
+_ENCODE_PROPS = msgspec.json.Encoder(decimal_format="number").encode
+
+TotalKey = tuple[str, str, str, datetime]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    received: int = 0
+    replayed: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    late: int = 0
+    touched: set[tuple[str, str]] = field(default_factory=set)  # (organization, subscription)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+
+
+_UPDATE_BY_AGG = {
+    Aggregation.COUNT: "quantity = t.quantity + excluded.quantity",
+    Aggregation.SUM: "quantity = t.quantity + excluded.quantity",
+    Aggregation.UNIQUE_COUNT: "quantity = t.quantity + excluded.quantity",
+    Aggregation.MAX: "quantity = GREATEST(t.quantity, excluded.quantity)",
+    Aggregation.LATEST: """quantity = CASE WHEN t.latest_time IS NULL
+            OR (excluded.latest_time, excluded.latest_event) > (t.latest_time, t.latest_event)
+            THEN excluded.quantity ELSE t.quantity END,
+        latest_time = GREATEST(t.latest_time, excluded.latest_time),
+        latest_event = CASE WHEN t.latest_time IS NULL
+            OR (excluded.latest_time, excluded.latest_event) > (t.latest_time, t.latest_event)
+            THEN excluded.latest_event ELSE t.latest_event END""",
+}
+
+
+def _lock_offsets(cur: psycopg.Cursor[Any], group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+    cur.execute(
+        "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, received, accepted, duplicates, dead_lettered) "
+        "SELECT %s, %s, p, 0, 0, 0, 0, 0 FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING",
+        (group, topic, list(partitions)),
+    )
+    cur.execute(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = %s AND topic = %s "
+        "AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
+        (group, topic, list(partitions)),
+    )
+    return {p: o for p, o in cur.fetchall()}
+
+
+def _insert_events(cur: psycopg.Cursor[Any], plan: BatchPlan) -> set[tuple[str, str]]:
+    if not plan.events:
+        return set()
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS batch_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with cur.copy(
+        "COPY batch_events (organization_id, dedup_key, customer_id, event_type, event_time, properties, "
+        "source_partition, source_offset) FROM STDIN"
+    ) as copy:
+        for ev, rec in plan.events:
+            copy.write_row((ev.organization, ev.dedup_key, ev.customer, ev.type, ev.time,
+                            _ENCODE_PROPS(ev.properties).decode(), rec.partition, rec.offset))
+    cur.execute(
+        "INSERT INTO events SELECT * FROM batch_events ON CONFLICT DO NOTHING RETURNING organization_id, dedup_key"
+    )
+    return {(o, k) for o, k in cur.fetchall()}
+
+
+def _insert_unique_values(cur: psycopg.Cursor[Any], contributions: list[Contribution]) -> dict[TotalKey, int]:
+    """Insert distinct values; returns how many were new per total."""
+    rows = [(c.organization, c.subscription, c.meter, c.period_start, c.unique_value) for c in contributions]
+    if not rows:
+        return {}
+    cur.execute(
+        "INSERT INTO usage_unique_values (organization_id, subscription_id, meter_key, period_start, value) "
+        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]) "
+        "ON CONFLICT DO NOTHING RETURNING organization_id, subscription_id, meter_key, period_start",
+        [list(col) for col in zip(*rows, strict=True)],
+    )
+    fresh: dict[TotalKey, int] = defaultdict(int)
+    for row in cur.fetchall():
+        fresh[tuple(row)] += 1  # type: ignore[index]
+    return fresh
+
+
+def _fold(contributions: list[Contribution], unique_fresh: dict[TotalKey, int]) -> dict[TotalKey, list[Any]]:
+    """Collapse contributions per total: [agg, period_end, quantity, count, latest_time, latest_event]."""
+    folded: dict[TotalKey, list[Any]] = {}
+    for c in contributions:
+        key = (c.organization, c.subscription, c.meter, c.period_start)
+        row = folded.get(key)
+        if row is None:
+            row = folded[key] = [c.aggregation, c.period_end, None, 0, None, None]
+        row[3] += 1
+        agg = c.aggregation
+        if agg is Aggregation.UNIQUE_COUNT:
+            row[2] = Decimal(unique_fresh.get(key, 0))
+        elif agg in (Aggregation.COUNT, Aggregation.SUM):
+            row[2] = c.value if row[2] is None else row[2] + c.value
+        elif agg is Aggregation.MAX:
+            row[2] = c.value if row[2] is None else max(row[2], c.value)
+        elif row[4] is None or (c.time, c.event_id) > (row[4], row[5]):
+            row[2], row[4], row[5] = c.value, c.time, c.event_id
+    return folded
+
+
+def _upsert_totals(cur: psycopg.Cursor[Any], folded: dict[TotalKey, list[Any]]) -> set[TotalKey]:
+    """Apply folded totals to open rows; returns the keys that were applied."""
+    applied: set[TotalKey] = set()
+    by_agg: dict[Aggregation, list[tuple[Any, ...]]] = defaultdict(list)
+    for key, (agg, end, qty, count, ltime, levent) in folded.items():
+        by_agg[agg].append((*key, end, qty, count, ltime, levent))
+    for agg, rows in by_agg.items():
+        cur.execute(
+            "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, period_end, "
+            "quantity, event_count, latest_time, latest_event, closed) "
+            "SELECT o, s, m, ps, pe, q, n, lt, le, false FROM unnest(%s::text[], %s::text[], %s::text[], "
+            "%s::timestamptz[], %s::timestamptz[], %s::numeric[], %s::bigint[], %s::timestamptz[], %s::text[]) "
+            "AS u(o, s, m, ps, pe, q, n, lt, le) "
+            "ON CONFLICT (organization_id, subscription_id, meter_key, period_start) DO UPDATE SET "
+            f"{_UPDATE_BY_AGG[agg]}, event_count = t.event_count + excluded.event_count "
+            "WHERE NOT t.closed RETURNING organization_id, subscription_id, meter_key, period_start",
+            [list(col) for col in zip(*rows, strict=True)],
+        )
+        applied.update(tuple(r) for r in cur.fetchall())  # type: ignore[misc]
+    return applied
+
+
+def _record_late(cur: psycopg.Cursor[Any], late: list[Contribution]) -> None:
+    if not late:
+        return
+    rows = [(c.organization, c.dedup_key, c.subscription, c.meter, c.period_start, c.period_end,
+             Decimal(1) if c.aggregation is Aggregation.UNIQUE_COUNT else c.value) for c in late]
+    cur.execute(
+        "INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, period_end, value) "
+        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::numeric[]) "
+        "ON CONFLICT DO NOTHING",
+        [list(col) for col in zip(*rows, strict=True)],
+    )
+
+
+def _record_dead_letters(cur: psycopg.Cursor[Any], topic: str, dead: list[DeadLetter]) -> None:
+    if not dead:
+        return
+    cur.executemany(
+        "INSERT INTO dead_letters (topic, partition, \"offset\", organization_id, code, detail, key, value) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        [(topic, d.partition, d.offset, d.organization, d.code.value, d.detail, d.key, d.value) for d in dead],
+    )
+
+
+def _advance(cur: psycopg.Cursor[Any], group: str, topic: str, records: Sequence[Record],
+             counts: dict[int, list[int]]) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for rec in records:
+        last[rec.partition] = max(last.get(rec.partition, -1), rec.offset)
+    rows = [(group, topic, p, off + 1, *counts.get(p, [0, 0, 0, 0])) for p, off in sorted(last.items())]
+    cur.executemany(
+        "UPDATE consumer_offsets SET next_offset = GREATEST(next_offset, %s), received = received + %s, "
+        "accepted = accepted + %s, duplicates = duplicates + %s, dead_lettered = dead_lettered + %s "
+        "WHERE consumer_group = %s AND topic = %s AND partition = %s",
+        [(nxt, r, a, d, x, g, t, p) for g, t, p, nxt, r, a, d, x in rows],
+    )
+    return {p: off + 1 for p, off in last.items()}
+
+
+def write_batch(conn: psycopg.Connection[Any], records: Sequence[Record], snapshot: CatalogSnapshot, *,
+                group: str, topic: str, now: datetime, future_tolerance: timedelta,
+                before_commit: Callable[[list[DeadLetter]], None] | None = None) -> BatchResult:
+    """Process one batch exactly once; see the module docstring for the steps.
+
+    `before_commit` receives the dead letters so they can be produced to the DLQ
+    topic before the offsets move (at-least-once on the DLQ, never zero times).
+    """
+    result = BatchResult()
+    with conn.transaction(), conn.cursor() as cur:
+        stored = _lock_offsets(cur, group, topic, sorted({r.partition for r in records}))
+        fresh = [r for r in records if r.offset >= stored.get(r.partition, 0)]
+        result.replayed = len(records) - len(fresh)
+        plan = plan_batch(fresh, snapshot, now=now, future_tolerance=future_tolerance)
+        new_keys = _insert_events(cur, plan)
+        counts: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        for rec in fresh:
+            counts[rec.partition][0] += 1
+        for ev, rec in plan.events:
+            counts[rec.partition][1 if (ev.organization, ev.dedup_key) in new_keys else 2] += 1
+        for d in plan.dead_letters:
+            counts[d.partition][3] += 1
+        dupes_in_batch = len(fresh) - len(plan.events) - len(plan.dead_letters)
+        new_contrib = [c for c in plan.contributions if (c.organization, c.dedup_key) in new_keys]
+        unique_fresh = _insert_unique_values(cur, [c for c in new_contrib if c.unique_value is not None])
+        folded = _fold(new_contrib, unique_fresh)
+        applied = _upsert_totals(cur, folded)
+        late = [c for c in new_contrib if (c.organization, c.subscription, c.meter, c.period_start) not in applied]
+        _record_late(cur, late)
+        _record_dead_letters(cur, topic, plan.dead_letters)
+        if dupes_in_batch:
+            _attribute_in_batch_duplicates(fresh, plan, counts)
+        result.next_offsets = _advance(cur, group, topic, records, counts) if records else {}
+        if before_commit is not None:
+            before_commit(plan.dead_letters)
+    result.received = len(fresh)
+    result.accepted = len(new_keys)
+    result.duplicates = len(fresh) - len(new_keys) - len(plan.dead_letters)
+    result.dead_letters = plan.dead_letters
+    result.late = len(late)
+    result.touched = {(c.organization, c.subscription) for c in new_contrib}
+    return result
+
+
+def _attribute_in_batch_duplicates(fresh: Sequence[Record], plan: BatchPlan, counts: dict[int, list[int]]) -> None:
+    """Count in-batch duplicates against the partition they were read from."""
+    used = {(rec.partition, rec.offset) for _, rec in plan.events}
+    used.update((d.partition, d.offset) for d in plan.dead_letters)
+    for rec in fresh:
+        if (rec.partition, rec.offset) not in used:
+            counts[rec.partition][2] += 1

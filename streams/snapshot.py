@@ -1,0 +1,104 @@
+"""An in-memory view of the catalog the worker routes events with.
+
+Loaded from Postgres in a handful of queries and swapped atomically when it is
+refreshed, so the hot path never queries the catalog per event.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from invoicing import models as m
+from rating.periods import Period, period_containing
+from schemas.catalog import Aggregation
+from schemas.plans import Interval, load_plan
+
+
+@dataclass(frozen=True, slots=True)
+class MeterView:
+    key: str
+    event_type: str
+    aggregation: Aggregation
+    value_path: tuple[str, ...]
+    filters: Mapping[str, frozenset[str]]
+
+
+@dataclass(slots=True)
+class SubscriptionView:
+    organization: str
+    id: str
+    customer: str
+    start: datetime
+    end: datetime | None
+    anchor: datetime
+    interval: Interval
+    interval_count: int
+    meter_keys: frozenset[str]
+    _last_period: Period | None = field(default=None, repr=False)
+
+    def active_at(self, t: datetime) -> bool:
+        return self.start <= t and (self.end is None or t < self.end)
+
+    def period_at(self, t: datetime) -> Period:
+        """The billing period containing t; the last answer is cached (events cluster in time)."""
+        last = self._last_period
+        if last is not None and last.start <= t < last.end:
+            return last
+        period = period_containing(self.anchor, self.interval, t, self.interval_count)
+        self._last_period = period
+        return period
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogSnapshot:
+    organizations: frozenset[str]
+    meters_by_type: Mapping[tuple[str, str], tuple[MeterView, ...]]
+    subscriptions_by_customer: Mapping[tuple[str, str], tuple[SubscriptionView, ...]]
+    customers: frozenset[tuple[str, str]]
+
+
+def _filters(raw: Mapping[str, Any] | None) -> Mapping[str, frozenset[str]]:
+    if not raw:
+        return {}
+    return {prop: frozenset(_filter_text(v) for v in values) for prop, values in raw.items()}
+
+
+def _filter_text(value: Any) -> str:
+    """Property values are compared as text, so 5, "5" and 5.0 in a filter all mean 5."""
+    return value if isinstance(value, str) else str(value)
+
+
+def load_snapshot(engine: Engine) -> CatalogSnapshot:
+    with Session(engine) as session:
+        orgs = frozenset(session.scalars(select(m.Organization.id)))
+        meters: dict[tuple[str, str], list[MeterView]] = defaultdict(list)
+        for meter in session.scalars(select(m.Meter).order_by(m.Meter.organization_id, m.Meter.key)):
+            meters[(meter.organization_id, meter.event_type)].append(MeterView(
+                key=meter.key, event_type=meter.event_type, aggregation=Aggregation(meter.aggregation),
+                value_path=tuple(meter.value_property.split(".")) if meter.value_property else (),
+                filters=_filters(meter.filters),
+            ))
+        plans = {(p.organization_id, p.code): load_plan(p.spec) for p in session.scalars(select(m.Plan))}
+        customers = frozenset(session.execute(select(m.Customer.organization_id, m.Customer.id)).tuples())
+        subs: dict[tuple[str, str], list[SubscriptionView]] = defaultdict(list)
+        for sub in session.scalars(select(m.Subscription).order_by(m.Subscription.start_at, m.Subscription.id)):
+            plan = plans[(sub.organization_id, sub.plan_code)]
+            subs[(sub.organization_id, sub.customer_id)].append(SubscriptionView(
+                organization=sub.organization_id, id=sub.id, customer=sub.customer_id,
+                start=sub.start_at, end=sub.end_at, anchor=sub.billing_anchor,
+                interval=plan.interval, interval_count=plan.interval_count,
+                meter_keys=frozenset(ch.meter for ch in plan.charges if ch.meter),
+            ))
+    return CatalogSnapshot(
+        organizations=orgs,
+        meters_by_type={k: tuple(v) for k, v in meters.items()},
+        subscriptions_by_customer={k: tuple(v) for k, v in subs.items()},
+        customers=customers,
+    )

@@ -1,0 +1,264 @@
+"""`valora`: the command-line shell around the packages.
+
+Every expected failure prints one line to stderr and exits non-zero; tracebacks
+are for bugs only (VALORA_DEBUG=1 shows them for everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import InvalidInput, ValoraError
+
+EXIT_ERROR, EXIT_USAGE = 1, 2
+
+
+class CliError(Exception):
+    """A one-line failure for the user."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an RFC 3339 time (e.g. 2026-02-01T00:00:00Z)") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} needs a timezone (e.g. a trailing Z)")
+    return parsed.astimezone(UTC)
+
+
+# --- resolving services -------------------------------------------------------------------
+
+def _settings() -> Any:
+    from valora.settings import Settings
+
+    return Settings.from_env()
+
+
+def resolve_database_url(settings: Any) -> str:
+    if settings.database_url:
+        return str(settings.database_url)
+    from valora.devservices import read_state
+
+    state = read_state(settings.state_dir)
+    if state is None:
+        raise CliError("no database configured: set VALORA_DATABASE_URL or run `valora dev up`")
+    return state.database_url
+
+
+def resolve_bootstrap(settings: Any, *, check: bool = True) -> str:
+    from valora.devservices import broker_answers, read_state
+
+    bootstrap = settings.kafka_bootstrap
+    if not bootstrap:
+        state = read_state(settings.state_dir)
+        if state is None:
+            raise CliError("no Kafka broker configured: set VALORA_KAFKA_BOOTSTRAP or run `valora dev up`")
+        bootstrap = state.kafka_bootstrap
+    if check and not broker_answers(bootstrap, timeout_s=5.0):
+        raise CliError(f"Kafka broker at {bootstrap} does not answer (check VALORA_KAFKA_BOOTSTRAP or run `valora dev up`)")
+    return str(bootstrap)
+
+
+def _engine(settings: Any) -> Any:
+    from invoicing.db import connect
+
+    return connect(resolve_database_url(settings))
+
+
+# --- commands -----------------------------------------------------------------------------
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from valora import devservices as ds
+
+    settings = _settings()
+    if args.action == "up":
+        state = ds.dev_up(settings.state_dir, database_url=settings.database_url)
+        print(f"broker    {state.kafka_bootstrap}")
+        print(f"postgres  {state.database_url}{'  (embedded)' if state.postgres_embedded else ''}")
+        print(f"state     {settings.state_dir / 'state.json'}")
+    elif args.action == "down":
+        for line in ds.dev_down(settings.state_dir) or ["nothing was running"]:
+            print(line)
+    else:
+        state, up = ds.dev_status(settings.state_dir)
+        if state is None:
+            print("dev services: not started (run `valora dev up`)")
+            return EXIT_ERROR
+        print(f"broker    {state.kafka_bootstrap}  {'up' if up['broker'] else 'DOWN'}")
+        print(f"postgres  {state.database_url}  {'up' if up['postgres'] else 'DOWN'}")
+        return 0 if all(up.values()) else EXIT_ERROR
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from invoicing.db import make_engine, upgrade
+
+    engine = make_engine(resolve_database_url(_settings()))
+    try:
+        before, after = upgrade(engine)
+    finally:
+        engine.dispose()
+    print(f"database schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from invoicing.catalog import apply_catalog, parse_catalog, read_catalog_file
+
+    catalog = parse_catalog(read_catalog_file(Path(args.file)))
+    counts = apply_catalog(_engine(_settings()), catalog)
+    print("applied " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import WorkerConfig, run_worker
+
+    settings = _settings()
+    database_url = resolve_database_url(settings)
+    _engine(settings).dispose()  # refuses an out-of-date schema before anything is consumed
+    cfg = WorkerConfig(
+        bootstrap=resolve_bootstrap(settings), database_url=database_url, events_topic=settings.events_topic,
+        dlq_topic=settings.dlq_topic, partitions=settings.partitions, group=settings.consumer_group,
+        batch_max=settings.batch_max, future_tolerance=settings.future_tolerance, until_idle=args.until_idle,
+        metrics_port=settings.metrics_port, session_timeout_ms=settings.session_timeout_ms,
+    )
+    summary = run_worker(cfg)
+    if args.until_idle:
+        print("worker idle: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.items())))
+    return 0
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    from invoicing.close import close_due
+
+    settings = _settings()
+    as_of = args.as_of or _now()
+    summary = close_due(_engine(settings), as_of=as_of, grace=settings.late_grace, clock=lambda: as_of,
+                        organization=args.org)
+    print(f"closed {summary.invoices} period(s) as of {as_of.isoformat()}; "
+          f"{summary.skipped_existing} already invoiced, {summary.skipped_locked} held by another closer")
+    return 0
+
+
+def cmd_invoices(args: argparse.Namespace) -> int:
+    from invoicing.queries import list_invoices
+    from valora.render import invoice_table
+
+    invoices = list_invoices(_engine(_settings()), args.org, args.customer)
+    if args.json:
+        print(json.dumps(invoices, indent=2))
+    else:
+        print(invoice_table(invoices))
+    return 0
+
+
+def cmd_quote(args: argparse.Namespace) -> int:
+    from valora.quote import build_quote, read_json_file
+
+    quote = build_quote(read_json_file(Path(args.plan)), read_json_file(Path(args.usage)) if args.usage else {},
+                        args.period_start, args.period_end, args.active_from, args.active_until)
+    print(json.dumps(quote, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from valora.demo import run_demo
+
+    return run_demo(_settings(), events=args.events)
+
+
+# --- parser -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="valora", description="Deterministic usage billing: Kafka in, invoices out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="embedded broker and Postgres for development")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.set_defaults(func=cmd_dev)
+
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+    db.set_defaults(func=cmd_db)
+
+    cat = sub.add_parser("catalog", help="catalog as code")
+    cat.add_argument("action", choices=["apply"])
+    cat.add_argument("file")
+    cat.set_defaults(func=cmd_catalog)
+
+    worker = sub.add_parser("worker", help="run the stream worker (Faust)")
+    worker.add_argument("--until-idle", action="store_true", help="exit once everything present at start is processed")
+    worker.set_defaults(func=cmd_worker)
+
+    close = sub.add_parser("close", help="close ended billing periods and write invoices")
+    close.add_argument("--as-of", type=parse_time, default=None, help="RFC 3339 time (default: now)")
+    close.add_argument("--org", default=None, help="only this organization")
+    close.set_defaults(func=cmd_close)
+
+    inv = sub.add_parser("invoices", help="invoices")
+    inv.add_argument("action", choices=["list"])
+    inv.add_argument("--org", required=True)
+    inv.add_argument("--customer")
+    inv.add_argument("--json", action="store_true")
+    inv.set_defaults(func=cmd_invoices)
+
+    quote = sub.add_parser("quote", help="price a plan offline")
+    quote.add_argument("--plan", required=True)
+    quote.add_argument("--usage")
+    quote.add_argument("--period-start", type=parse_time, required=True)
+    quote.add_argument("--period-end", type=parse_time, required=True)
+    quote.add_argument("--active-from", type=parse_time)
+    quote.add_argument("--active-until", type=parse_time)
+    quote.set_defaults(func=cmd_quote)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on the embedded services")
+    demo.add_argument("--events", type=int, default=5000)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import OperationalError
+
+    from valora.devservices import ServiceError
+
+    return (CliError, ValoraError, InvalidInput, ServiceError, OperationalError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get("VALORA_DEBUG") or not isinstance(exc, _known_errors()):
+            if not isinstance(exc, _known_errors()):
+                print(f"valora: internal error: {_one_line(exc)}", file=sys.stderr)
+            raise
+        print(f"valora: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

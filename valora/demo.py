@@ -1,0 +1,129 @@
+"""`valora demo`: the main job from nothing, on the embedded services by default.
+
+Starts (or reuses) the dev services, recreates a `valora_demo` database, applies
+the sample catalog, publishes a few thousand January 2026 events to a fresh topic
+(with re-sent duplicates and some bad records), runs the worker until idle,
+closes January and prints the invoices and a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from invoicing.catalog import apply_catalog, parse_catalog
+from invoicing.close import close_due
+from invoicing.db import make_engine, upgrade
+from invoicing.queries import list_invoices, stream_counters
+from streams.publish import publish
+from streams.worker import WorkerConfig, run_worker
+from valora.render import invoice_table
+
+JANUARY = datetime(2026, 1, 1, tzinfo=UTC)
+CLOSE_AS_OF = datetime(2026, 2, 1, 1, 0, tzinfo=UTC)  # period end + the default 1 h grace
+
+
+def demo_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
+    """n records for org `acme`: ~5% re-sent duplicates and ~0.5% bad records."""
+    rng = random.Random(seed)
+    out: list[tuple[bytes, bytes]] = []
+    sent: list[bytes] = []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.05 and sent:
+            out.append((b"acme", rng.choice(sent)))
+            continue
+        if roll < 0.055:
+            out.append((b"acme", _bad_record(rng, i)))
+            continue
+        customer = rng.choice(["cus_1", "cus_2", "cus_3"])
+        start = JANUARY + timedelta(days=15) if customer == "cus_1" else JANUARY
+        when = start + timedelta(seconds=rng.randrange(int((JANUARY + timedelta(days=31) - start).total_seconds())))
+        if customer == "cus_2" and rng.random() < 0.5:
+            body = {"type": "llm_call", "properties": {"tokens": rng.randrange(50, 4000), "model": "m1"}}
+        else:
+            body = {"type": "api_request", "properties": {"path": "/v1/things"}}
+        value = json.dumps({"id": f"evt_{i:07d}", "customer": customer,
+                            "time": when.isoformat().replace("+00:00", "Z"), **body}).encode()
+        sent.append(value)
+        out.append((b"acme", value))
+    return out
+
+
+def _bad_record(rng: random.Random, i: int) -> bytes:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return b"{not json"
+    if kind == 1:
+        return json.dumps({"id": f"bad_{i}", "type": "api_request", "time": "2026-01-10T00:00:00Z"}).encode()
+    if kind == 2:
+        return json.dumps({"id": f"bad_{i}", "type": "api_request", "customer": "cus_unknown",
+                           "time": "2026-01-10T00:00:00Z", "properties": {}}).encode()
+    return json.dumps({"id": f"bad_{i}", "type": "llm_call", "customer": "cus_2", "time": "2026-01-10T00:00:00Z",
+                       "properties": {"tokens": "lots"}}).encode()
+
+
+def _fresh_database(server_url: str, name: str) -> str:
+    url = make_url(server_url)
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def run_demo(settings: Any, *, events: int) -> int:
+    from valora.cli import resolve_bootstrap
+    from valora.devservices import dev_up
+
+    started = time.perf_counter()
+    bootstrap, server_url = settings.kafka_bootstrap, settings.database_url
+    if not bootstrap or not server_url:
+        state = dev_up(settings.state_dir, database_url=server_url)
+        bootstrap, server_url = bootstrap or state.kafka_bootstrap, server_url or state.database_url
+    settings = type(settings)(**{**vars(settings), "kafka_bootstrap": bootstrap})
+    resolve_bootstrap(settings)
+    database_url = _fresh_database(server_url, "valora_demo")
+    engine = make_engine(database_url)
+    upgrade(engine)
+    catalog = json.loads(resources.files("valora.sample").joinpath("catalog.json").read_text(), parse_float=str)
+    apply_catalog(engine, parse_catalog(catalog))
+    topic = f"usage.events.demo.{int(time.time())}"
+    records = demo_events(events)
+    cfg = WorkerConfig(bootstrap=bootstrap, database_url=database_url, events_topic=topic,
+                       dlq_topic=f"{topic}.dlq", partitions=4, group=f"valora-demo-{topic}", until_idle=True)
+    from streams.worker import ensure_topics
+
+    ensure_topics(bootstrap, {topic: cfg.partitions, cfg.dlq_topic: cfg.partitions})
+    publish(bootstrap, topic, records)
+    run_worker(cfg)
+    closed = close_due(engine, as_of=CLOSE_AS_OF, grace=settings.late_grace, clock=lambda: CLOSE_AS_OF)
+    invoices = list_invoices(engine, "acme")
+    counters = stream_counters(engine, topic)
+    reasons = _dead_letter_reasons(engine, topic)
+    engine.dispose()
+    print(invoice_table(invoices))
+    print()
+    print(f"records in    {counters['received']:>8}   (published {len(records)} to {topic})")
+    print(f"accepted      {counters['accepted']:>8}")
+    print(f"duplicates    {counters['duplicates']:>8}")
+    print(f"rejected      {counters['dead_lettered']:>8}   " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    print(f"invoices      {closed.invoices:>8}   (January 2026, closed as of {CLOSE_AS_OF.isoformat()})")
+    print(f"time taken    {time.perf_counter() - started:>8.1f} s")
+    return 0
+
+
+def _dead_letter_reasons(engine: Any, topic: str) -> Counter[str]:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT code, count(*) FROM dead_letters WHERE topic = :t GROUP BY code"), {"t": topic})
+        return Counter({code: n for code, n in rows.tuples()})
