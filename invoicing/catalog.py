@@ -52,7 +52,7 @@ def read_catalog_file(path: Path) -> Any:
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             # YAML floats would be binary; the base loader keeps every scalar a string.
-            return yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds no objects
+            return yaml.load(text, Loader=yaml.BaseLoader)
         return json.loads(text, parse_float=Decimal)
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]
@@ -174,26 +174,67 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog) -> dict[str, int]:
     """Upsert every entry by id in one transaction; returns counts per section."""
     with Session(engine) as session, session.begin():
         _check_references(cat, session)
-        _upsert(session, m.Organization, [
-            {"id": o.id, "name": o.name, "currency": o.currency, "payment_terms_days": o.payment_terms_days,
-             "invoice_prefix": o.invoice_prefix or _default_prefix(o.id)} for o in cat.organizations
-        ], ["id"])
-        _upsert(session, m.Meter, [
-            {"organization_id": x.organization, "key": x.key, "event_type": x.event_type,
-             "aggregation": x.aggregation.value, "value_property": x.value_property,
-             "filters": None if x.filters is None else json.loads(json.dumps(x.filters, default=str))}
-            for x in cat.meters
-        ], ["organization_id", "key"])
-        _upsert(session, m.Plan, [
-            {"organization_id": org, "code": p.code, "currency": p.currency, "spec": p.model_dump(mode="json")}
-            for org, p in cat.plans
-        ], ["organization_id", "code"])
-        _upsert(session, m.Customer, [
-            {"organization_id": x.organization, "id": x.id, "name": x.name} for x in cat.customers
-        ], ["organization_id", "id"])
-        _upsert(session, m.Subscription, [
-            {"organization_id": s.organization, "id": s.id, "customer_id": s.customer, "plan_code": s.plan,
-             "start_at": s.start, "billing_anchor": s.billing_anchor or s.start, "end_at": s.end}
-            for s in cat.subscriptions
-        ], ["organization_id", "id"])
+        _upsert(
+            session,
+            m.Organization,
+            [
+                {
+                    "id": o.id,
+                    "name": o.name,
+                    "currency": o.currency,
+                    "payment_terms_days": o.payment_terms_days,
+                    "invoice_prefix": o.invoice_prefix or _default_prefix(o.id),
+                }
+                for o in cat.organizations
+            ],
+            ["id"],
+        )
+        _upsert(
+            session,
+            m.Meter,
+            [
+                {
+                    "organization_id": x.organization,
+                    "key": x.key,
+                    "event_type": x.event_type,
+                    "aggregation": x.aggregation.value,
+                    "value_property": x.value_property,
+                    "filters": None if x.filters is None else json.loads(json.dumps(x.filters, default=str)),
+                }
+                for x in cat.meters
+            ],
+            ["organization_id", "key"],
+        )
+        _upsert(
+            session,
+            m.Plan,
+            [
+                {"organization_id": org, "code": p.code, "currency": p.currency, "spec": p.model_dump(mode="json")}
+                for org, p in cat.plans
+            ],
+            ["organization_id", "code"],
+        )
+        _upsert(
+            session,
+            m.Customer,
+            [{"organization_id": x.organization, "id": x.id, "name": x.name} for x in cat.customers],
+            ["organization_id", "id"],
+        )
+        _upsert(
+            session,
+            m.Subscription,
+            [
+                {
+                    "organization_id": s.organization,
+                    "id": s.id,
+                    "customer_id": s.customer,
+                    "plan_code": s.plan,
+                    "start_at": s.start,
+                    "billing_anchor": s.billing_anchor or s.start,
+                    "end_at": s.end,
+                }
+                for s in cat.subscriptions
+            ],
+            ["organization_id", "id"],
+        )
     return cat.counts()

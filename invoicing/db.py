@@ -15,7 +15,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import OperationalError
 
-
 from schemas.errors import ValoraError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -33,7 +32,7 @@ def normalize_url(url: str) -> str:
     """Use psycopg 3 for plain `postgresql://` URLs."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -54,9 +54,7 @@ class Meter(Base):
     filters: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     __table_args__ = (
         ForeignKeyConstraint(["organization_id"], ["organizations.id"]),
-        CheckConstraint(
-            "aggregation IN ('count','sum','max','unique_count','latest')", name="meter_aggregation"
-        ),
+        CheckConstraint("aggregation IN ('count','sum','max','unique_count','latest')", name="meter_aggregation"),
     )
 
 
@@ -87,9 +85,7 @@ class Subscription(Base):
     billing_anchor: Mapped[datetime] = mapped_column(TS)
     end_at: Mapped[datetime | None] = mapped_column(TS)
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["organization_id", "customer_id"], ["customers.organization_id", "customers.id"]
-        ),
+        ForeignKeyConstraint(["organization_id", "customer_id"], ["customers.organization_id", "customers.id"]),
         ForeignKeyConstraint(["organization_id", "plan_code"], ["plans.organization_id", "plans.code"]),
         CheckConstraint("end_at IS NULL OR end_at > start_at", name="subscription_window"),
         Index("ix_subscriptions_customer", "organization_id", "customer_id"),
@@ -200,9 +196,7 @@ class Invoice(Base):
     __table_args__ = (
         UniqueConstraint("organization_id", "subscription_id", "period_start", name="invoice_period"),
         UniqueConstraint("organization_id", "number", name="invoice_number"),
-        CheckConstraint(
-            "status IN ('draft','issued','paid','void','uncollectible')", name="invoice_status"
-        ),
+        CheckConstraint("status IN ('draft','issued','paid','void','uncollectible')", name="invoice_status"),
         CheckConstraint("status = 'draft' OR number IS NOT NULL", name="invoice_numbered"),
         CheckConstraint("total_minor = subtotal_minor", name="invoice_total"),
         ForeignKeyConstraint(

@@ -131,9 +131,7 @@ def rate_charge(
     return (line,) if true_up is None else (line, true_up)
 
 
-def _minimum_true_up(
-    charge: Charge, exact: Fraction, billed_minor: int, currency: str
-) -> RatedLine | None:
+def _minimum_true_up(charge: Charge, exact: Fraction, billed_minor: int, currency: str) -> RatedLine | None:
     """The line lifting a charge to its minimum, or None when none is owed."""
     minimum = charge.minimum_amount
     if minimum is None or exact >= Fraction(minimum):

@@ -42,6 +42,8 @@ def to_minor(amount: Decimal | Fraction, currency: str) -> int:
         InvalidInput: unknown currency.
         ValueError: `amount` is NaN or infinite.
     """
+    if isinstance(amount, Decimal) and not amount.is_finite():
+        raise ValueError(f"cannot bill a non-finite amount ({amount})")
     scaled = Fraction(amount) * 10 ** currency_exponent(currency)
     magnitude = int(abs(scaled) + _HALF)  # int() floors a non-negative Fraction
     return magnitude if scaled >= 0 else -magnitude

@@ -56,9 +56,7 @@ class Period:
     def __post_init__(self) -> None:
         start, end = as_utc(self.start, "period start"), as_utc(self.end, "period end")
         if end <= start:
-            raise ValueError(
-                f"period end {end.isoformat()} must be after start {start.isoformat()}"
-            )
+            raise ValueError(f"period end {end.isoformat()} must be after start {start.isoformat()}")
         object.__setattr__(self, "start", start)
         object.__setattr__(self, "end", end)
 
@@ -102,12 +100,10 @@ def _index_containing(anchor: datetime, interval: Interval, t: datetime, count: 
         return microseconds_between(anchor, t) // step_us
     months = (t.year - anchor.year) * 12 + (t.month - anchor.month)
     k = months // (count * _MONTHS_PER_STEP[interval])
-    # The month count is an estimate off by at most one step (day and time of day);
-    # boundaries strictly increase in k, so walking settles on the right index.
-    while _boundary(anchor, interval, k, count) > t:
+    # boundary(k) falls in t's month or earlier and boundary(k + 1) in a later month, so
+    # k is right unless boundary(k) is later in the same month than t: then it is k − 1.
+    if _boundary(anchor, interval, k, count) > t:
         k -= 1
-    while _boundary(anchor, interval, k + 1, count) <= t:
-        k += 1
     return k
 
 
@@ -120,9 +116,7 @@ def _period_at(anchor: datetime, interval: Interval, k: int, count: int) -> Peri
     return Period(_boundary(anchor, interval, k, count), _boundary(anchor, interval, k + 1, count))
 
 
-def period_containing(
-    anchor: datetime, interval: Interval, t: datetime, interval_count: int = 1
-) -> Period:
+def period_containing(anchor: datetime, interval: Interval, t: datetime, interval_count: int = 1) -> Period:
     """The period of the `anchor`/`interval` grid that contains instant `t`.
 
     An instant exactly on a boundary belongs to the later period (periods are half-open).
@@ -136,9 +130,7 @@ def period_containing(
     return _period_at(anchor, interval, k, interval_count)
 
 
-def period_starting(
-    anchor: datetime, interval: Interval, start: datetime, interval_count: int = 1
-) -> Period:
+def period_starting(anchor: datetime, interval: Interval, start: datetime, interval_count: int = 1) -> Period:
     """The period that starts exactly at `start`.
 
     Raises:
@@ -177,9 +169,7 @@ def periods_between(
     return _walk(anchor, interval, start, end, interval_count)
 
 
-def _walk(
-    anchor: datetime, interval: Interval, start: datetime, end: datetime, count: int
-) -> Iterator[Period]:
+def _walk(anchor: datetime, interval: Interval, start: datetime, end: datetime, count: int) -> Iterator[Period]:
     """Generator behind `periods_between`, split out so argument errors raise eagerly."""
     if start == end:  # an empty range overlaps nothing, not even the period around it
         return

@@ -99,10 +99,7 @@ def price_package(charge: Charge, quantity: Decimal, share: Fraction) -> Priced:
         whole, rest = divmod(billable, size)
         packages = whole + (1 if rest else 0)
         amount = packages * package_amount
-    detail = (
-        f"{_units(quantity, charge)} → {fmt(packages)} × {fmt(package_amount)} "
-        f"per {fmt(size)} units"
-    )
+    detail = f"{_units(quantity, charge)} → {fmt(packages)} × {fmt(package_amount)} per {fmt(size)} units"
     return Priced(Fraction(amount), quantity, detail)
 
 
@@ -116,9 +113,8 @@ def price_graduated(charge: Charge, quantity: Decimal, share: Fraction) -> Price
     lines: list[TierLine] = []
     lower = _ZERO
     with localcontext(EXACT):
+        # The loop stops at the tier holding the quantity, so every tier visited is reached.
         for number, tier in enumerate(_required_tiers(charge), start=1):
-            if number > 1 and quantity <= lower:
-                break
             top = quantity if tier.up_to is None else min(quantity, tier.up_to)
             lines.append(_tier_line(number, tier, top - lower))
             if tier.up_to is None or quantity <= tier.up_to:
@@ -135,9 +131,7 @@ def price_volume(charge: Charge, quantity: Decimal, share: Fraction) -> Priced:
     The tier's flat_amount is added; zero usage lands in the first tier and pays its flat.
     """
     tiers = _required_tiers(charge)
-    number, tier = next(
-        (n, t) for n, t in enumerate(tiers, start=1) if t.up_to is None or quantity <= t.up_to
-    )
+    number, tier = next((n, t) for n, t in enumerate(tiers, start=1) if t.up_to is None or quantity <= t.up_to)
     with localcontext(EXACT):
         line = _tier_line(number, tier, quantity)
     detail = f"{fmt(quantity)} units, all at tier {number} × {fmt(tier.unit_amount)}"

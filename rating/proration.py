@@ -13,9 +13,7 @@ from fractions import Fraction
 from rating.periods import Period, as_utc, microseconds_between
 
 
-def proration_factor(
-    period: Period, active_from: datetime | None, active_until: datetime | None
-) -> Fraction:
+def proration_factor(period: Period, active_from: datetime | None, active_until: datetime | None) -> Fraction:
     """Active share of `period`: |[active_from, active_until) ∩ period| / |period|.
 
     `None` means unbounded on that side (active since before / until after the period).

@@ -69,6 +69,5 @@ def json_schemas() -> dict[str, Any]:
     """JSON Schemas of the wire payloads, for the golden files under schemas/json/."""
     return {
         name: msgspec.json.schema(cls)
-        for name, cls in (("native_event", NativeEvent), ("cloud_event", CloudEvent),
-                          ("usage_total", UsageTotal))
+        for name, cls in (("native_event", NativeEvent), ("cloud_event", CloudEvent), ("usage_total", UsageTotal))
     }

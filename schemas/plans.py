@@ -64,9 +64,7 @@ def _reject_inexact(value: object) -> object:
     return value
 
 
-Amount = Annotated[
-    Decimal, BeforeValidator(_reject_inexact), Field(ge=0, allow_inf_nan=False)
-]
+Amount = Annotated[Decimal, BeforeValidator(_reject_inexact), Field(ge=0, allow_inf_nan=False)]
 """A non-negative, finite, exactly parsed decimal (prices, quantities, sizes)."""
 
 _KEY = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # no ':' — line keys use it as a separator

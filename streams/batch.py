@@ -92,8 +92,10 @@ def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contrib
         raise Rejection(Reason.UNKNOWN_CUSTOMER, f"customer {event.customer!r} is not in the catalog")
     active = [s for s in subs if s.active_at(event.time)]
     if not active:
-        raise Rejection(Reason.NO_ACTIVE_SUBSCRIPTION,
-                        f"customer {event.customer!r} has no subscription active at {event.time.isoformat()}")
+        raise Rejection(
+            Reason.NO_ACTIVE_SUBSCRIPTION,
+            f"customer {event.customer!r} has no subscription active at {event.time.isoformat()}",
+        )
     out: list[Contribution] = []
     for meter in snapshot.meters_by_type.get((event.organization, event.type), ()):
         if not _matches(meter, event.properties):
@@ -103,25 +105,43 @@ def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contrib
             raw = read_path(event.properties, meter.value_path)
             if meter.aggregation is Aggregation.UNIQUE_COUNT:
                 if raw is None or isinstance(raw, (dict, list)):
-                    raise Rejection(Reason.SCHEMA, f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is missing or not a scalar")
+                    raise Rejection(
+                        Reason.SCHEMA,
+                        f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is missing or not a scalar",
+                    )
                 unique = raw if isinstance(raw, str) else str(raw)
             else:
                 number = _numeric(raw)
                 if number is None:
-                    raise Rejection(Reason.VALUE_NOT_NUMERIC,
-                                    f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is {raw!r}, not a number")
+                    raise Rejection(
+                        Reason.VALUE_NOT_NUMERIC,
+                        f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is {raw!r}, not a number",
+                    )
                 value = number
         for sub in active:
             if meter.key in sub.meter_keys:
                 period = sub.period_at(event.time)
-                out.append(Contribution(event.organization, sub.id, meter.key, meter.aggregation,
-                                        period.start, period.end, event.dedup_key, value, event.time,
-                                        event.id, unique))
+                out.append(
+                    Contribution(
+                        event.organization,
+                        sub.id,
+                        meter.key,
+                        meter.aggregation,
+                        period.start,
+                        period.end,
+                        event.dedup_key,
+                        value,
+                        event.time,
+                        event.id,
+                        unique,
+                    )
+                )
     return out
 
 
-def plan_batch(records: Iterable[Record], snapshot: CatalogSnapshot, *, now: datetime,
-               future_tolerance: timedelta) -> BatchPlan:
+def plan_batch(
+    records: Iterable[Record], snapshot: CatalogSnapshot, *, now: datetime, future_tolerance: timedelta
+) -> BatchPlan:
     """Decode, route and dedup (within the batch) a sequence of records."""
     plan = BatchPlan()
     seen: set[tuple[str, str]] = set()
@@ -138,7 +158,9 @@ def plan_batch(records: Iterable[Record], snapshot: CatalogSnapshot, *, now: dat
                 continue
             contributions = _contributions(event, snapshot)
         except Rejection as rej:
-            plan.dead_letters.append(DeadLetter(rec.partition, rec.offset, org, rej.code, rej.detail, rec.key, rec.value))
+            plan.dead_letters.append(
+                DeadLetter(rec.partition, rec.offset, org, rej.code, rej.detail, rec.key, rec.value)
+            )
             continue
         seen.add(ident)
         plan.events.append((event, rec))

@@ -52,8 +52,7 @@ def _schema_detail(exc: msgspec.ValidationError) -> str:
     return str(exc).replace("`", "'")
 
 
-def decode_record(key: bytes | None, value: bytes | None, *, now: datetime,
-                  future_tolerance: timedelta) -> UsageEvent:
+def decode_record(key: bytes | None, value: bytes | None, *, now: datetime, future_tolerance: timedelta) -> UsageEvent:
     """Decode and check one record.
 
     Raises:
@@ -77,7 +76,9 @@ def decode_record(key: bytes | None, value: bytes | None, *, now: datetime,
         else:
             ne = NATIVE_DECODER.decode(value)
             if ne.organization is not None and ne.organization != org:
-                raise Rejection(Reason.SCHEMA, f"field 'organization' ({ne.organization!r}) differs from the record key ({org!r})")
+                raise Rejection(
+                    Reason.SCHEMA, f"field 'organization' ({ne.organization!r}) differs from the record key ({org!r})"
+                )
             event = UsageEvent(org, ne.id, ne.id, ne.customer, ne.type, ne.time, ne.properties)
     except msgspec.ValidationError as exc:
         raise Rejection(Reason.SCHEMA, _schema_detail(exc)) from exc
@@ -88,7 +89,10 @@ def decode_record(key: bytes | None, value: bytes | None, *, now: datetime,
     if not event.id or not event.customer or not event.type:
         raise Rejection(Reason.SCHEMA, "fields 'id', 'customer'/'subject' and 'type' must not be empty")
     if event.time > now + future_tolerance:
-        raise Rejection(Reason.TOO_FAR_IN_FUTURE, f"event time {event.time.isoformat()} is more than {future_tolerance} ahead of the worker's clock")
+        raise Rejection(
+            Reason.TOO_FAR_IN_FUTURE,
+            f"event time {event.time.isoformat()} is more than {future_tolerance} ahead of the worker's clock",
+        )
     return event
 
 

@@ -14,26 +14,38 @@ from streams.sink import BatchResult
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.received = Counter("valora_worker_records_received_total", "Records read (replays excluded)",
-                                registry=registry)
+        self.received = Counter(
+            "valora_worker_records_received_total", "Records read (replays excluded)", registry=registry
+        )
         self.accepted = Counter("valora_worker_records_accepted_total", "New events persisted", registry=registry)
-        self.duplicates = Counter("valora_worker_records_duplicate_total", "Re-sent events counted once",
-                                  registry=registry)
-        self.dead_lettered = Counter("valora_worker_records_dead_lettered_total", "Records sent to the DLQ",
-                                     ["reason"], registry=registry)
-        self.replayed = Counter("valora_worker_records_replayed_total",
-                                "Records re-read after a restart or rebalance and skipped by the offset guard",
-                                registry=registry)
-        self.late = Counter("valora_worker_late_usage_total", "Contributions to already-closed periods",
-                            registry=registry)
+        self.duplicates = Counter(
+            "valora_worker_records_duplicate_total", "Re-sent events counted once", registry=registry
+        )
+        self.dead_lettered = Counter(
+            "valora_worker_records_dead_lettered_total", "Records sent to the DLQ", ["reason"], registry=registry
+        )
+        self.replayed = Counter(
+            "valora_worker_records_replayed_total",
+            "Records re-read after a restart or rebalance and skipped by the offset guard",
+            registry=registry,
+        )
+        self.late = Counter(
+            "valora_worker_late_usage_total", "Contributions to already-closed periods", registry=registry
+        )
         self.batches = Counter("valora_worker_batches_total", "Batches committed", registry=registry)
         self.batch_retries = Counter("valora_worker_batch_retries_total", "Batch commits retried", registry=registry)
-        self.batch_size = Histogram("valora_worker_batch_size", "Records per batch", registry=registry,
-                                    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000))
-        self.batch_seconds = Histogram("valora_worker_batch_duration_seconds", "Time to commit a batch",
-                                       registry=registry)
-        self.lag = Gauge("valora_worker_consumer_lag", "Records behind the high watermark", ["partition"],
-                         registry=registry)
+        self.batch_size = Histogram(
+            "valora_worker_batch_size",
+            "Records per batch",
+            registry=registry,
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000),
+        )
+        self.batch_seconds = Histogram(
+            "valora_worker_batch_duration_seconds", "Time to commit a batch", registry=registry
+        )
+        self.lag = Gauge(
+            "valora_worker_consumer_lag", "Records behind the high watermark", ["partition"], registry=registry
+        )
         self.summary: Tally[str] = Tally()
 
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
@@ -47,5 +59,11 @@ class WorkerMetrics:
         self.late.inc(result.late)
         for dead in result.dead_letters:
             self.dead_lettered.labels(dead.code.value).inc()
-        self.summary.update(received=result.received, accepted=result.accepted, duplicates=result.duplicates,
-                            dead_lettered=len(result.dead_letters), late=result.late, batches=1)
+        self.summary.update(
+            received=result.received,
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            dead_lettered=len(result.dead_letters),
+            late=result.late,
+            batches=1,
+        )

@@ -7,16 +7,24 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaException, Producer
 
 
-def publish(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]],
-            *, timeout_s: float = 60.0) -> int:
+def publish(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None]], *, timeout_s: float = 60.0
+) -> int:
     """Produce (key, value) records and wait until every one is acknowledged.
 
     Raises:
         KafkaException: a record was not delivered.
     """
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
-                         "queue.buffering.max.messages": 500000, "enable.idempotence": True,
-                         "compression.type": "lz4"})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500000,
+            "enable.idempotence": True,
+            "compression.type": "lz4",
+        }
+    )
     errors: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:

@@ -82,16 +82,24 @@ def _lock_offsets(cur: psycopg.Cursor[Any], group: str, topic: str, partitions: 
 def _insert_events(cur: psycopg.Cursor[Any], plan: BatchPlan) -> set[tuple[str, str]]:
     if not plan.events:
         return set()
-    cur.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS batch_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS batch_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     with cur.copy(
         "COPY batch_events (organization_id, dedup_key, customer_id, event_type, event_time, properties, "
         "source_partition, source_offset) FROM STDIN"
     ) as copy:
         for ev, rec in plan.events:
-            copy.write_row((ev.organization, ev.dedup_key, ev.customer, ev.type, ev.time,
-                            _ENCODE_PROPS(ev.properties).decode(), rec.partition, rec.offset))
+            copy.write_row(
+                (
+                    ev.organization,
+                    ev.dedup_key,
+                    ev.customer,
+                    ev.type,
+                    ev.time,
+                    _ENCODE_PROPS(ev.properties).decode(),
+                    rec.partition,
+                    rec.offset,
+                )
+            )
     cur.execute(
         "INSERT INTO events SELECT * FROM batch_events ON CONFLICT DO NOTHING RETURNING organization_id, dedup_key"
     )
@@ -161,8 +169,18 @@ def _upsert_totals(cur: psycopg.Cursor[Any], folded: dict[TotalKey, list[Any]]) 
 def _record_late(cur: psycopg.Cursor[Any], late: list[Contribution]) -> None:
     if not late:
         return
-    rows = [(c.organization, c.dedup_key, c.subscription, c.meter, c.period_start, c.period_end,
-             Decimal(1) if c.aggregation is Aggregation.UNIQUE_COUNT else c.value) for c in late]
+    rows = [
+        (
+            c.organization,
+            c.dedup_key,
+            c.subscription,
+            c.meter,
+            c.period_start,
+            c.period_end,
+            Decimal(1) if c.aggregation is Aggregation.UNIQUE_COUNT else c.value,
+        )
+        for c in late
+    ]
     cur.execute(
         "INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, period_end, value) "
         "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::numeric[]) "
@@ -175,14 +193,15 @@ def _record_dead_letters(cur: psycopg.Cursor[Any], topic: str, dead: list[DeadLe
     if not dead:
         return
     cur.executemany(
-        "INSERT INTO dead_letters (topic, partition, \"offset\", organization_id, code, detail, key, value) "
+        'INSERT INTO dead_letters (topic, partition, "offset", organization_id, code, detail, key, value) '
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
         [(topic, d.partition, d.offset, d.organization, d.code.value, d.detail, d.key, d.value) for d in dead],
     )
 
 
-def _advance(cur: psycopg.Cursor[Any], group: str, topic: str, records: Sequence[Record],
-             counts: dict[int, list[int]]) -> dict[int, int]:
+def _advance(
+    cur: psycopg.Cursor[Any], group: str, topic: str, records: Sequence[Record], counts: dict[int, list[int]]
+) -> dict[int, int]:
     last: dict[int, int] = {}
     for rec in records:
         last[rec.partition] = max(last.get(rec.partition, -1), rec.offset)
@@ -196,20 +215,50 @@ def _advance(cur: psycopg.Cursor[Any], group: str, topic: str, records: Sequence
     return {p: off + 1 for p, off in last.items()}
 
 
-def write_batch(conn: psycopg.Connection[Any], records: Sequence[Record], snapshot: CatalogSnapshot, *,
-                group: str, topic: str, now: datetime, future_tolerance: timedelta,
-                before_commit: Callable[[list[DeadLetter]], None] | None = None) -> BatchResult:
+def _without_replays(plan: BatchPlan, stored: dict[int, int]) -> BatchPlan:
+    """Drop what the offset guard says is already committed (records are per-partition ordered)."""
+
+    def fresh(partition: int, offset: int) -> bool:
+        return offset >= stored.get(partition, 0)
+
+    events = [(ev, rec) for ev, rec in plan.events if fresh(rec.partition, rec.offset)]
+    if len(events) == len(plan.events) and all(fresh(d.partition, d.offset) for d in plan.dead_letters):
+        return plan
+    keys = {(ev.organization, ev.dedup_key) for ev, _ in events}
+    return BatchPlan(
+        events=events,
+        contributions=[c for c in plan.contributions if (c.organization, c.dedup_key) in keys],
+        dead_letters=[d for d in plan.dead_letters if fresh(d.partition, d.offset)],
+    )
+
+
+def write_batch(
+    conn: psycopg.Connection[Any],
+    records: Sequence[Record],
+    snapshot: CatalogSnapshot,
+    *,
+    group: str,
+    topic: str,
+    now: datetime,
+    future_tolerance: timedelta,
+    plan: BatchPlan | None = None,
+    before_commit: Callable[[list[DeadLetter]], None] | None = None,
+) -> BatchResult:
     """Process one batch exactly once; see the module docstring for the steps.
 
-    `before_commit` receives the dead letters so they can be produced to the DLQ
-    topic before the offsets move (at-least-once on the DLQ, never zero times).
+    `plan` may be computed beforehand (off the transaction, so planning the next batch
+    overlaps this one's I/O); records the offset guard rejects are dropped from it here.
+    `before_commit` receives the dead letters so they can be produced to the DLQ topic
+    before the offsets move (at-least-once on the DLQ, never zero times).
     """
+    if plan is None:
+        plan = plan_batch(records, snapshot, now=now, future_tolerance=future_tolerance)
     result = BatchResult()
     with conn.transaction(), conn.cursor() as cur:
         stored = _lock_offsets(cur, group, topic, sorted({r.partition for r in records}))
         fresh = [r for r in records if r.offset >= stored.get(r.partition, 0)]
         result.replayed = len(records) - len(fresh)
-        plan = plan_batch(fresh, snapshot, now=now, future_tolerance=future_tolerance)
+        plan = _without_replays(plan, stored)
         new_keys = _insert_events(cur, plan)
         counts: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         for rec in fresh:
@@ -218,16 +267,13 @@ def write_batch(conn: psycopg.Connection[Any], records: Sequence[Record], snapsh
             counts[rec.partition][1 if (ev.organization, ev.dedup_key) in new_keys else 2] += 1
         for d in plan.dead_letters:
             counts[d.partition][3] += 1
-        dupes_in_batch = len(fresh) - len(plan.events) - len(plan.dead_letters)
+        _attribute_in_batch_duplicates(fresh, plan, counts)
         new_contrib = [c for c in plan.contributions if (c.organization, c.dedup_key) in new_keys]
         unique_fresh = _insert_unique_values(cur, [c for c in new_contrib if c.unique_value is not None])
-        folded = _fold(new_contrib, unique_fresh)
-        applied = _upsert_totals(cur, folded)
+        applied = _upsert_totals(cur, _fold(new_contrib, unique_fresh))
         late = [c for c in new_contrib if (c.organization, c.subscription, c.meter, c.period_start) not in applied]
         _record_late(cur, late)
         _record_dead_letters(cur, topic, plan.dead_letters)
-        if dupes_in_batch:
-            _attribute_in_batch_duplicates(fresh, plan, counts)
         result.next_offsets = _advance(cur, group, topic, records, counts) if records else {}
         if before_commit is not None:
             before_commit(plan.dead_letters)
@@ -242,6 +288,8 @@ def write_batch(conn: psycopg.Connection[Any], records: Sequence[Record], snapsh
 
 def _attribute_in_batch_duplicates(fresh: Sequence[Record], plan: BatchPlan, counts: dict[int, list[int]]) -> None:
     """Count in-batch duplicates against the partition they were read from."""
+    if len(fresh) == len(plan.events) + len(plan.dead_letters):
+        return
     used = {(rec.partition, rec.offset) for _, rec in plan.events}
     used.update((d.partition, d.offset) for d in plan.dead_letters)
     for rec in fresh:

@@ -80,22 +80,33 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
         orgs = frozenset(session.scalars(select(m.Organization.id)))
         meters: dict[tuple[str, str], list[MeterView]] = defaultdict(list)
         for meter in session.scalars(select(m.Meter).order_by(m.Meter.organization_id, m.Meter.key)):
-            meters[(meter.organization_id, meter.event_type)].append(MeterView(
-                key=meter.key, event_type=meter.event_type, aggregation=Aggregation(meter.aggregation),
-                value_path=tuple(meter.value_property.split(".")) if meter.value_property else (),
-                filters=_filters(meter.filters),
-            ))
+            meters[(meter.organization_id, meter.event_type)].append(
+                MeterView(
+                    key=meter.key,
+                    event_type=meter.event_type,
+                    aggregation=Aggregation(meter.aggregation),
+                    value_path=tuple(meter.value_property.split(".")) if meter.value_property else (),
+                    filters=_filters(meter.filters),
+                )
+            )
         plans = {(p.organization_id, p.code): load_plan(p.spec) for p in session.scalars(select(m.Plan))}
         customers = frozenset(session.execute(select(m.Customer.organization_id, m.Customer.id)).tuples())
         subs: dict[tuple[str, str], list[SubscriptionView]] = defaultdict(list)
         for sub in session.scalars(select(m.Subscription).order_by(m.Subscription.start_at, m.Subscription.id)):
             plan = plans[(sub.organization_id, sub.plan_code)]
-            subs[(sub.organization_id, sub.customer_id)].append(SubscriptionView(
-                organization=sub.organization_id, id=sub.id, customer=sub.customer_id,
-                start=sub.start_at, end=sub.end_at, anchor=sub.billing_anchor,
-                interval=plan.interval, interval_count=plan.interval_count,
-                meter_keys=frozenset(ch.meter for ch in plan.charges if ch.meter),
-            ))
+            subs[(sub.organization_id, sub.customer_id)].append(
+                SubscriptionView(
+                    organization=sub.organization_id,
+                    id=sub.id,
+                    customer=sub.customer_id,
+                    start=sub.start_at,
+                    end=sub.end_at,
+                    anchor=sub.billing_anchor,
+                    interval=plan.interval,
+                    interval_count=plan.interval_count,
+                    meter_keys=frozenset(ch.meter for ch in plan.charges if ch.meter),
+                )
+            )
     return CatalogSnapshot(
         organizations=orgs,
         meters_by_type={k: tuple(v) for k, v in meters.items()},

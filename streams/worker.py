@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from typing import Any
 import faust
 import orjson
 import psycopg
+from sqlalchemy.exc import OperationalError
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -28,7 +30,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from schemas.errors import ValoraError
-from streams.batch import DeadLetter, Record
+from streams.batch import BatchPlan, DeadLetter, Record, plan_batch
 from streams.metrics import WorkerMetrics
 from streams.sink import BatchResult, write_batch
 from streams.snapshot import CatalogSnapshot, load_snapshot
@@ -38,6 +40,10 @@ log = logging.getLogger("valora.worker")
 
 class WorkerCrashed(ValoraError):
     code = "worker_crashed"
+
+
+class DeliveryFailed(Exception):
+    """The DLQ producer could not deliver; the batch is retried, not acked."""
 
 
 @dataclass(frozen=True)
@@ -78,15 +84,19 @@ def end_offsets(bootstrap: str, topic: str, timeout_s: float = 15.0) -> dict[int
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "valora-watermarks", "enable.auto.commit": False})
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in meta.partitions}
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in meta.partitions
+        }
     finally:
         consumer.close()
 
 
 def stored_offsets(conn: psycopg.Connection[Any], group: str, topic: str) -> dict[int, int]:
     with conn.cursor() as cur:
-        cur.execute("SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = %s AND topic = %s",
-                    (group, topic))
+        cur.execute(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = %s AND topic = %s",
+            (group, topic),
+        )
         return {p: o for p, o in cur.fetchall()}
 
 
@@ -125,14 +135,31 @@ class BatchProcessor:
 
     def _produce_dead_letters(self, dead: list[DeadLetter]) -> None:
         for d in dead:
-            reason = {"code": d.code.value, "detail": d.detail, "topic": self.cfg.events_topic,
-                      "partition": d.partition, "offset": d.offset}
-            self.producer.produce(self.cfg.dlq_topic, key=d.key, value=d.value,
-                                  headers=[("valora-reason", orjson.dumps(reason))])
+            reason = {
+                "code": d.code.value,
+                "detail": d.detail,
+                "topic": self.cfg.events_topic,
+                "partition": d.partition,
+                "offset": d.offset,
+            }
+            self.producer.produce(
+                self.cfg.dlq_topic, key=d.key, value=d.value, headers=[("valora-reason", orjson.dumps(reason))]
+            )
         if dead and self.producer.flush(30) > 0:
-            raise RuntimeError("dead letters were not delivered to the DLQ topic")
+            raise DeliveryFailed("dead letters were not delivered to the DLQ topic")
 
-    def process(self, records: list[Record]) -> BatchResult:
+    def plan(self, records: list[Record]) -> BatchPlan:
+        """Decode and route a batch (CPU only); runs while the previous batch commits."""
+        while True:
+            try:
+                snapshot = self._snapshot()
+                break
+            except (OperationalError, psycopg.OperationalError) as exc:
+                log.warning("catalog not loaded (%s); retrying", exc)
+                time.sleep(1.0)  # Postgres away: wait off the event loop
+        return plan_batch(records, snapshot, now=self.clock(), future_tolerance=self.cfg.future_tolerance)
+
+    def process(self, records: list[Record], plan: BatchPlan | None = None) -> BatchResult:
         """Commit one batch, retrying with backoff until Postgres takes it."""
         delay = 0.2
         while True:
@@ -141,9 +168,9 @@ class BatchProcessor:
                 result = write_batch(
                     self._connection(), records, self._snapshot(), group=self.cfg.group,
                     topic=self.cfg.events_topic, now=self.clock(), future_tolerance=self.cfg.future_tolerance,
-                    before_commit=self._produce_dead_letters,
+                    plan=plan, before_commit=self._produce_dead_letters,
                 )
-            except (psycopg.OperationalError, psycopg.InterfaceError, RuntimeError) as exc:
+            except (psycopg.OperationalError, psycopg.InterfaceError, OperationalError, DeliveryFailed) as exc:
                 self.metrics.batch_retries.inc()
                 log.warning("batch of %d records not committed (%s); retrying in %.1fs", len(records), exc, delay)
                 if self.conn is not None:
@@ -202,49 +229,77 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.idle.touch()
 
 
-async def ingest_loop(cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | None,
-                      should_stop: Callable[[], bool]) -> None:
+async def ingest_loop(
+    cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | None, should_stop: Callable[[], bool]
+) -> None:
     """Fetch batches with getmany, commit each to Postgres, then commit Kafka offsets behind it."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=cfg.bootstrap, group_id=cfg.group, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_poll_records=cfg.batch_max, session_timeout_ms=cfg.session_timeout_ms,
-        heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3), fetch_max_bytes=64 * 1024 * 1024,
+        bootstrap_servers=cfg.bootstrap,
+        group_id=cfg.group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=cfg.batch_max,
+        session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=min(3000, cfg.session_timeout_ms // 3),
+        fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     consumer.subscribe([cfg.events_topic], listener=_Rebalance(consumer, processor, idle))
     await consumer.start()
     loop = asyncio.get_running_loop()
+    planner = ThreadPoolExecutor(1, thread_name_prefix="valora-plan")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="valora-write")
+    pending: tuple[asyncio.Future[BatchResult], dict[Any, Any]] | None = None
+
+    async def finish(job: tuple[asyncio.Future[BatchResult], dict[Any, Any]]) -> None:
+        result = await job[0]
+        if idle is not None:
+            idle.touch()
+        commits = {tp: OffsetAndMetadata(result.next_offsets[tp.partition], "")
+                   for tp in job[1] if tp.partition in result.next_offsets}
+        try:
+            await consumer.commit(commits)
+        except KafkaError as exc:  # a rebalance took the partition: Postgres offsets still guard
+            log.info("kafka offset commit skipped: %s", exc)
+
     try:
         while not should_stop():
             fetched = await consumer.getmany(timeout_ms=int(cfg.batch_within_s * 1000), max_records=cfg.batch_max)
             records = [Record(tp.partition, r.offset, r.key, r.value) for tp, rs in fetched.items() for r in rs]
             if not records:
+                if pending is not None:
+                    await finish(pending)
+                    pending = None
                 continue
             if idle is not None:
                 idle.touch()
-            result = await loop.run_in_executor(None, processor.process, records)
-            if idle is not None:
-                idle.touch()
-            commits = {tp: OffsetAndMetadata(result.next_offsets[tp.partition], "")
-                       for tp in fetched if tp.partition in result.next_offsets}
-            try:
-                await consumer.commit(commits)
-            except KafkaError as exc:  # a rebalance took the partition: Postgres offsets still guard
-                log.info("kafka offset commit skipped: %s", exc)
+            plan = await loop.run_in_executor(planner, processor.plan, records)
+            if pending is not None:  # one batch in flight: commits stay in order
+                await finish(pending)
+            pending = (loop.run_in_executor(writer, processor.process, records, plan), fetched)
+        if pending is not None:
+            await finish(pending)
     finally:
+        planner.shutdown()
+        writer.shutdown()
         await consumer.stop()
 
 
-def build_app(cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | None,
-              stop: Callable[[], None]) -> faust.App:
+def build_app(
+    cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | None, stop: Callable[[], None]
+) -> faust.App:
     """The Faust app hosting the worker: lifecycle, signals, timers, and the ingest task.
 
     Ingestion reads with aiokafka's getmany instead of a Faust stream: Faust's per-event
     stream path measured ~7k events/s on this hardware, a fraction of the goal.
     """
     app = faust.App(
-        f"{cfg.group}-host", broker=f"kafka://{cfg.bootstrap}", store="memory://", web_enabled=False,
-        topic_allow_declare=False, broker_session_timeout=cfg.session_timeout_ms / 1000,
+        f"{cfg.group}-host",
+        broker=f"kafka://{cfg.bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_allow_declare=False,
+        broker_session_timeout=cfg.session_timeout_ms / 1000,
     )
     state = {"stopping": False}
 
@@ -257,6 +312,7 @@ def build_app(cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | No
             stop()
 
     if idle is not None:
+
         @app.timer(0.25)
         async def check_idle() -> None:
             if idle.idle(processor.offsets):
@@ -293,8 +349,13 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
             asyncio.ensure_future(holder[0].stop())
 
     app = build_app(cfg, processor, idle, stop)
-    worker = Worker(app, loglevel=os.environ.get("VALORA_LOG_LEVEL", "warning"), quiet=True,
-                    redirect_stdouts=False, override_logging=False)
+    worker = Worker(
+        app,
+        loglevel=os.environ.get("VALORA_LOG_LEVEL", "warning"),
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
     holder.append(worker)
     try:
         worker.execute_from_commandline()

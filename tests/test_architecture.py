@@ -24,7 +24,7 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", ORDER)
 def test_no_arrow_points_backwards(package: str) -> None:
-    forbidden = set(ORDER[ORDER.index(package) + 1:])
+    forbidden = set(ORDER[ORDER.index(package) + 1 :])
     offenders = {
         f"{path.relative_to(ROOT)} imports {name}"
         for path in (ROOT / package).rglob("*.py")

@@ -27,15 +27,22 @@ def _organizations(database_url: str) -> int:
         return conn.execute("SELECT count(*) FROM organizations").fetchone()[0]  # type: ignore[index]
 
 
-def test_bad_catalog_names_the_entry_and_applies_nothing(database_url: str, topic_prefix: str,
-                                                         tmp_path: Path) -> None:
+def test_bad_catalog_names_the_entry_and_applies_nothing(database_url: str, topic_prefix: str, tmp_path: Path) -> None:
     env = cli_env(None, database_url, topic_prefix)
     run_cli(["db", "upgrade"], env)
     bad = copy.deepcopy(ISSUE_CATALOG)
-    bad["plans"][0]["charges"].append({"key": "gb", "meter": "api_calls", "model": "graduated",
-                                       "tiers": [{"up_to": "10", "unit_amount": "1"},
-                                                 {"up_to": "5", "unit_amount": "1"},
-                                                 {"up_to": None, "unit_amount": "1"}]})
+    bad["plans"][0]["charges"].append(
+        {
+            "key": "gb",
+            "meter": "api_calls",
+            "model": "graduated",
+            "tiers": [
+                {"up_to": "10", "unit_amount": "1"},
+                {"up_to": "5", "unit_amount": "1"},
+                {"up_to": None, "unit_amount": "1"},
+            ],
+        }
+    )
     proc = run_cli(["catalog", "apply", str(write_json(tmp_path / "bad.json", bad))], env, check=False)
     _assert_one_line_error(proc, "starter", "gb")
     assert _organizations(database_url) == 0

@@ -25,8 +25,9 @@ def _events(n: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def test_events_to_exact_invoice_and_second_close_changes_nothing(broker: str, database_url: str,
-                                                                 topic_prefix: str, tmp_path: Path) -> None:
+def test_events_to_exact_invoice_and_second_close_changes_nothing(
+    broker: str, database_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
     env = cli_env(broker, database_url, topic_prefix)
     run_cli(["db", "upgrade"], env)
     run_cli(["catalog", "apply", str(write_json(tmp_path / "catalog.json", ISSUE_CATALOG))], env)
@@ -50,7 +51,9 @@ def test_events_to_exact_invoice_and_second_close_changes_nothing(broker: str, d
     # API calls: (1500 − 1000 free) × $0.002.
     api = (Decimal(1500 - 1000) * Decimal("0.002")).quantize(Decimal("0.01"), ROUND_HALF_UP)
     assert [(line["charge"], line["amount_minor"]) for line in invoice["lines"]] == [
-        ("base", int(base * 100)), ("api", int(api * 100))]
+        ("base", int(base * 100)),
+        ("api", int(api * 100)),
+    ]
     assert invoice["total_minor"] == 1497 + 100
     assert invoice["subtotal_minor"] == invoice["total_minor"]
     assert (invoice["organization"], invoice["customer"], invoice["subscription"]) == ("acme", "cus_1", "sub_1")

@@ -40,6 +40,7 @@ def parse_time(value: str) -> datetime:
 
 # --- resolving services -------------------------------------------------------------------
 
+
 def _settings() -> Any:
     from valora.settings import Settings
 
@@ -67,7 +68,9 @@ def resolve_bootstrap(settings: Any, *, check: bool = True) -> str:
             raise CliError("no Kafka broker configured: set VALORA_KAFKA_BOOTSTRAP or run `valora dev up`")
         bootstrap = state.kafka_bootstrap
     if check and not broker_answers(bootstrap, timeout_s=5.0):
-        raise CliError(f"Kafka broker at {bootstrap} does not answer (check VALORA_KAFKA_BOOTSTRAP or run `valora dev up`)")
+        raise CliError(
+            f"Kafka broker at {bootstrap} does not answer (check VALORA_KAFKA_BOOTSTRAP or run `valora dev up`)"
+        )
     return str(bootstrap)
 
 
@@ -78,6 +81,7 @@ def _engine(settings: Any) -> Any:
 
 
 # --- commands -----------------------------------------------------------------------------
+
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from valora import devservices as ds
@@ -130,10 +134,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     database_url = resolve_database_url(settings)
     _engine(settings).dispose()  # refuses an out-of-date schema before anything is consumed
     cfg = WorkerConfig(
-        bootstrap=resolve_bootstrap(settings), database_url=database_url, events_topic=settings.events_topic,
-        dlq_topic=settings.dlq_topic, partitions=settings.partitions, group=settings.consumer_group,
-        batch_max=settings.batch_max, future_tolerance=settings.future_tolerance, until_idle=args.until_idle,
-        metrics_port=settings.metrics_port, session_timeout_ms=settings.session_timeout_ms,
+        bootstrap=resolve_bootstrap(settings),
+        database_url=database_url,
+        events_topic=settings.events_topic,
+        dlq_topic=settings.dlq_topic,
+        partitions=settings.partitions,
+        group=settings.consumer_group,
+        batch_max=settings.batch_max,
+        future_tolerance=settings.future_tolerance,
+        until_idle=args.until_idle,
+        metrics_port=settings.metrics_port,
+        session_timeout_ms=settings.session_timeout_ms,
     )
     summary = run_worker(cfg)
     if args.until_idle:
@@ -146,10 +157,13 @@ def cmd_close(args: argparse.Namespace) -> int:
 
     settings = _settings()
     as_of = args.as_of or _now()
-    summary = close_due(_engine(settings), as_of=as_of, grace=settings.late_grace, clock=lambda: as_of,
-                        organization=args.org)
-    print(f"closed {summary.invoices} period(s) as of {as_of.isoformat()}; "
-          f"{summary.skipped_existing} already invoiced, {summary.skipped_locked} held by another closer")
+    summary = close_due(
+        _engine(settings), as_of=as_of, grace=settings.late_grace, clock=lambda: as_of, organization=args.org
+    )
+    print(
+        f"closed {summary.invoices} period(s) as of {as_of.isoformat()}; "
+        f"{summary.skipped_existing} already invoiced, {summary.skipped_locked} held by another closer"
+    )
     return 0
 
 
@@ -168,8 +182,14 @@ def cmd_invoices(args: argparse.Namespace) -> int:
 def cmd_quote(args: argparse.Namespace) -> int:
     from valora.quote import build_quote, read_json_file
 
-    quote = build_quote(read_json_file(Path(args.plan)), read_json_file(Path(args.usage)) if args.usage else {},
-                        args.period_start, args.period_end, args.active_from, args.active_until)
+    quote = build_quote(
+        read_json_file(Path(args.plan)),
+        read_json_file(Path(args.usage)) if args.usage else {},
+        args.period_start,
+        args.period_end,
+        args.active_from,
+        args.active_until,
+    )
     print(json.dumps(quote, indent=2))
     return 0
 
@@ -180,7 +200,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(), events=args.events)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.kind == "pipeline":
+        from bench.pipeline import run_pipeline_bench
+
+        result = run_pipeline_bench(settings, events=args.events)
+    else:
+        from bench.close import run_close_bench
+
+        result = run_close_bench(settings, subscriptions=args.subscriptions)
+    print(json.dumps(result) if args.json else "\n".join(f"{k:<28} {v}" for k, v in result.items()))
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="valora", description="Deterministic usage billing: Kafka in, invoices out.")
@@ -223,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     quote.add_argument("--active-from", type=parse_time)
     quote.add_argument("--active-until", type=parse_time)
     quote.set_defaults(func=cmd_quote)
+
+    bench = sub.add_parser("bench", help="benchmarks (figures and ratios from one run)")
+    bench.add_argument("kind", choices=["pipeline", "close"])
+    bench.add_argument("--events", type=int, default=200_000)
+    bench.add_argument("--subscriptions", type=int, default=100_000)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the whole pipeline on the embedded services")
     demo.add_argument("--events", type=int, default=5000)

@@ -51,8 +51,9 @@ def demo_events(n: int, seed: int = 7) -> list[tuple[bytes, bytes]]:
             body = {"type": "llm_call", "properties": {"tokens": rng.randrange(50, 4000), "model": "m1"}}
         else:
             body = {"type": "api_request", "properties": {"path": "/v1/things"}}
-        value = json.dumps({"id": f"evt_{i:07d}", "customer": customer,
-                            "time": when.isoformat().replace("+00:00", "Z"), **body}).encode()
+        value = json.dumps(
+            {"id": f"evt_{i:07d}", "customer": customer, "time": when.isoformat().replace("+00:00", "Z"), **body}
+        ).encode()
         sent.append(value)
         out.append((b"acme", value))
     return out
@@ -65,10 +66,24 @@ def _bad_record(rng: random.Random, i: int) -> bytes:
     if kind == 1:
         return json.dumps({"id": f"bad_{i}", "type": "api_request", "time": "2026-01-10T00:00:00Z"}).encode()
     if kind == 2:
-        return json.dumps({"id": f"bad_{i}", "type": "api_request", "customer": "cus_unknown",
-                           "time": "2026-01-10T00:00:00Z", "properties": {}}).encode()
-    return json.dumps({"id": f"bad_{i}", "type": "llm_call", "customer": "cus_2", "time": "2026-01-10T00:00:00Z",
-                       "properties": {"tokens": "lots"}}).encode()
+        return json.dumps(
+            {
+                "id": f"bad_{i}",
+                "type": "api_request",
+                "customer": "cus_unknown",
+                "time": "2026-01-10T00:00:00Z",
+                "properties": {},
+            }
+        ).encode()
+    return json.dumps(
+        {
+            "id": f"bad_{i}",
+            "type": "llm_call",
+            "customer": "cus_2",
+            "time": "2026-01-10T00:00:00Z",
+            "properties": {"tokens": "lots"},
+        }
+    ).encode()
 
 
 def _fresh_database(server_url: str, name: str) -> str:
@@ -98,8 +113,15 @@ def run_demo(settings: Any, *, events: int) -> int:
     apply_catalog(engine, parse_catalog(catalog))
     topic = f"usage.events.demo.{int(time.time())}"
     records = demo_events(events)
-    cfg = WorkerConfig(bootstrap=bootstrap, database_url=database_url, events_topic=topic,
-                       dlq_topic=f"{topic}.dlq", partitions=4, group=f"valora-demo-{topic}", until_idle=True)
+    cfg = WorkerConfig(
+        bootstrap=bootstrap,
+        database_url=database_url,
+        events_topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        partitions=4,
+        group=f"valora-demo-{topic}",
+        until_idle=True,
+    )
     from streams.worker import ensure_topics
 
     ensure_topics(bootstrap, {topic: cfg.partitions, cfg.dlq_topic: cfg.partitions})
@@ -115,7 +137,9 @@ def run_demo(settings: Any, *, events: int) -> int:
     print(f"records in    {counters['received']:>8}   (published {len(records)} to {topic})")
     print(f"accepted      {counters['accepted']:>8}")
     print(f"duplicates    {counters['duplicates']:>8}")
-    print(f"rejected      {counters['dead_lettered']:>8}   " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
+    print(
+        f"rejected      {counters['dead_lettered']:>8}   " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+    )
     print(f"invoices      {closed.invoices:>8}   (January 2026, closed as of {CLOSE_AS_OF.isoformat()})")
     print(f"time taken    {time.perf_counter() - started:>8.1f} s")
     return 0
@@ -125,5 +149,7 @@ def _dead_letter_reasons(engine: Any, topic: str) -> Counter[str]:
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT code, count(*) FROM dead_letters WHERE topic = :t GROUP BY code"), {"t": topic})
+        rows = conn.execute(
+            text("SELECT code, count(*) FROM dead_letters WHERE topic = :t GROUP BY code"), {"t": topic}
+        )
         return Counter({code: n for code, n in rows.tuples()})

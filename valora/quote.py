@@ -38,9 +38,7 @@ def read_json_file(path: str | Path) -> Any:
     try:
         return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+        raise InvalidInput(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except InvalidInput as exc:
         raise InvalidInput(f"{path}: {exc}") from None
 
@@ -100,9 +98,7 @@ def build_quote(
 def _parse_usage(usage_data: object) -> dict[str, Decimal]:
     """Meter key -> exact quantity; strings and JSON numbers both accepted."""
     if not isinstance(usage_data, Mapping):
-        raise InvalidUsage(
-            f"usage must be an object of meter keys to quantities, not {type(usage_data).__name__}"
-        )
+        raise InvalidUsage(f"usage must be an object of meter keys to quantities, not {type(usage_data).__name__}")
     return {str(meter): parse_quantity(str(meter), value) for meter, value in usage_data.items()}
 
 
@@ -111,10 +107,7 @@ def _check_active_window(active_from: datetime | None, active_until: datetime | 
         if value is not None and (value.tzinfo is None or value.utcoffset() is None):
             raise InvalidInput(f"{name} must be timezone-aware, got {value.isoformat()}")
     if active_from is not None and active_until is not None and active_until <= active_from:
-        raise InvalidInput(
-            f"active_until {_rfc3339(active_until)} must be after active_from "
-            f"{_rfc3339(active_from)}"
-        )
+        raise InvalidInput(f"active_until {_rfc3339(active_until)} must be after active_from {_rfc3339(active_from)}")
 
 
 def _rfc3339(value: datetime) -> str:

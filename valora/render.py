@@ -13,8 +13,10 @@ def invoice_table(invoices: list[dict[str, Any]]) -> str:
     out = []
     for inv in invoices:
         cur = inv["currency"]
-        out.append(f"{inv['number'] or '(draft)'}  {inv['customer']}  {inv['subscription']}  "
-                   f"{inv['period_start'][:10]} – {inv['period_end'][:10]}  {inv['status']}")
+        out.append(
+            f"{inv['number'] or '(draft)'}  {inv['customer']}  {inv['subscription']}  "
+            f"{inv['period_start'][:10]} – {inv['period_end'][:10]}  {inv['status']}"
+        )
         for line in inv["lines"]:
             out.append(f"    {line['description'][:60]:<60} {format_minor(line['amount_minor'], cur):>12} {cur}")
         out.append(f"    {'Total':<60} {format_minor(inv['total_minor'], cur):>12} {cur}")

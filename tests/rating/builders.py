@@ -11,9 +11,7 @@ from schemas.plans import Charge, Plan, load_plan
 D = Decimal
 
 
-def utc(
-    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
-) -> datetime:
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
     """A UTC datetime."""
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
@@ -40,6 +38,4 @@ def plan(*charges: dict[str, Any], currency: str = "USD", code: str = "pro") -> 
 # https://docs.stripe.com/subscriptions/pricing-models/tiered-pricing
 STRIPE_FONT_TIERS = tiers((5, "7", 0), (10, "6.5", 0), (None, "6", 0))
 # Same page, "Add a flat rate": unit and flat amount per tier.
-STRIPE_FLAT_RATE_TIERS = tiers(
-    (5, 5, 10), (10, 4, 20), (15, 3, 30), (20, 2, 40), (None, 1, 50)
-)
+STRIPE_FLAT_RATE_TIERS = tiers((5, 5, 10), (10, 4, 20), (15, 3, 30), (20, 2, 40), (None, 1, 50))

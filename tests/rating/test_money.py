@@ -19,12 +19,11 @@ from schemas.errors import InvalidInput
 
 D = Decimal
 
+ZERO = "JPY KRW VND CLP ISK UGX XAF XOF XPF PYG RWF KMF GNF DJF BIF VUV"
 NON_TWO_EXPONENTS = {
-    **dict.fromkeys(
-        "JPY KRW VND CLP ISK UGX XAF XOF XPF PYG RWF KMF GNF DJF BIF VUV".split(), 0
-    ),
-    **dict.fromkeys("BHD KWD OMR JOD TND LYD IQD".split(), 3),
-    **dict.fromkeys("CLF UYW".split(), 4),
+    **dict.fromkeys(ZERO.split(" "), 0),
+    **dict.fromkeys(["BHD", "KWD", "OMR", "JOD", "TND", "LYD", "IQD"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
 }
 
 
@@ -65,6 +64,12 @@ def test_unknown_currency(code: str) -> None:
 )
 def test_to_minor_rounds_half_up_once(amount: Decimal | Fraction, currency: str, minor: int) -> None:
     assert to_minor(amount, currency) == minor
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "sNaN"])
+def test_to_minor_refuses_non_finite_amounts(value: str) -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        to_minor(D(value), "USD")
 
 
 def test_to_minor_ignores_the_callers_decimal_context() -> None:

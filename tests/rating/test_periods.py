@@ -61,17 +61,14 @@ def test_an_instant_on_a_boundary_belongs_to_the_later_period() -> None:
         (Interval.YEAR, 1, utc(2020, 6, 1), (utc(2020, 1, 31, 10), utc(2021, 1, 31, 10))),
     ],
 )
-def test_period_containing(
-    interval: Interval, count: int, t: datetime, expected: tuple[datetime, datetime]
-) -> None:
+def test_period_containing(interval: Interval, count: int, t: datetime, expected: tuple[datetime, datetime]) -> None:
     assert period_containing(JAN31, interval, t, count) == Period(*expected)
 
 
 def test_leap_day_anchor_yearly() -> None:
     leap = utc(2024, 2, 29)
     periods = list(periods_between(leap, Interval.YEAR, leap, utc(2028, 3, 1)))
-    assert starts(periods) == [utc(2024, 2, 29), utc(2025, 2, 28), utc(2026, 2, 28),
-                               utc(2027, 2, 28), utc(2028, 2, 29)]
+    assert starts(periods) == [utc(2024, 2, 29), utc(2025, 2, 28), utc(2026, 2, 28), utc(2027, 2, 28), utc(2028, 2, 29)]
 
 
 def test_other_time_zones_are_converted_to_utc() -> None:

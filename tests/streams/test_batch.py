@@ -20,21 +20,34 @@ T = "2026-01-20T10:00:00Z"
 
 
 def _meter(key: str, event_type: str, agg: Aggregation, path: str = "", **filters: list[str]) -> MeterView:
-    return MeterView(key, event_type, agg, tuple(path.split(".")) if path else (),
-                     {k: frozenset(v) for k, v in filters.items()})
+    return MeterView(
+        key, event_type, agg, tuple(path.split(".")) if path else (), {k: frozenset(v) for k, v in filters.items()}
+    )
 
 
 def _snapshot(*meters: MeterView, subs: tuple[SubscriptionView, ...] | None = None) -> CatalogSnapshot:
     if subs is None:
-        subs = (SubscriptionView("acme", "sub_1", "cus_1", datetime(2026, 1, 16, tzinfo=UTC), None,
-                                 datetime(2026, 1, 1, tzinfo=UTC), Interval.MONTH, 1,
-                                 frozenset(m.key for m in meters)),)
+        subs = (
+            SubscriptionView(
+                "acme",
+                "sub_1",
+                "cus_1",
+                datetime(2026, 1, 16, tzinfo=UTC),
+                None,
+                datetime(2026, 1, 1, tzinfo=UTC),
+                Interval.MONTH,
+                1,
+                frozenset(m.key for m in meters),
+            ),
+        )
     return CatalogSnapshot(
         organizations=frozenset({"acme"}),
-        meters_by_type={("acme", m.event_type): tuple(x for x in meters if x.event_type == m.event_type)
-                        for m in meters},
-        subscriptions_by_customer={("acme", s.customer): tuple(x for x in subs if x.customer == s.customer)
-                                   for s in subs},
+        meters_by_type={
+            ("acme", m.event_type): tuple(x for x in meters if x.event_type == m.event_type) for m in meters
+        },
+        subscriptions_by_customer={
+            ("acme", s.customer): tuple(x for x in subs if x.customer == s.customer) for s in subs
+        },
         customers=frozenset(("acme", s.customer) for s in subs),
     )
 
@@ -53,12 +66,14 @@ def _plan(snapshot: CatalogSnapshot, *records: Record) -> Any:
 
 
 def test_counts_and_sums_route_to_the_subscription_period() -> None:
-    snap = _snapshot(_meter("calls", "api_request", Aggregation.COUNT),
-                     _meter("tokens", "llm_call", Aggregation.SUM, "usage.tokens"))
+    snap = _snapshot(
+        _meter("calls", "api_request", Aggregation.COUNT), _meter("tokens", "llm_call", Aggregation.SUM, "usage.tokens")
+    )
     plan = _plan(snap, _rec(0, _ev("a")), _rec(1, _ev("b", "llm_call", usage={"tokens": 12.5})))
     assert [(c.meter, c.value) for c in plan.contributions] == [("calls", 1), ("tokens", Decimal("12.5"))]
     assert {(c.period_start, c.period_end) for c in plan.contributions} == {
-        (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))}
+        (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC))
+    }
     assert plan.dead_letters == [] and plan.in_batch_duplicates == 0
 
 
@@ -72,27 +87,38 @@ def test_cloudevents_dedup_on_source_and_id() -> None:
     snap = _snapshot(_meter("calls", "api_request", Aggregation.COUNT))
 
     def ce(source: str) -> dict[str, Any]:
-        return {"specversion": "1.0", "id": "1", "source": source, "type": "api_request", "subject": "cus_1",
-                "time": T, "data": {}}
+        return {
+            "specversion": "1.0",
+            "id": "1",
+            "source": source,
+            "type": "api_request",
+            "subject": "cus_1",
+            "time": T,
+            "data": {},
+        }
 
     plan = _plan(snap, _rec(0, ce("/a")), _rec(1, ce("/b")), _rec(2, ce("/a")))
     assert len(plan.events) == 2 and plan.in_batch_duplicates == 1
 
 
-@pytest.mark.parametrize(("record", "code", "needle"), [
-    (_rec(0, b"{nope"), Reason.INVALID_JSON, ""),
-    (_rec(0, {"id": "a", "type": "api_request", "time": T}), Reason.SCHEMA, "customer"),
-    (_rec(0, _ev("a"), key=b""), Reason.SCHEMA, "key"),
-    (_rec(0, {**_ev("a"), "organization": "other"}), Reason.SCHEMA, "organization"),
-    (_rec(0, _ev("a"), key=b"globex"), Reason.UNKNOWN_ORGANIZATION, "globex"),
-    (_rec(0, _ev("a", customer="ghost")), Reason.UNKNOWN_CUSTOMER, "ghost"),
-    (_rec(0, _ev("a", time="2026-01-10T00:00:00Z")), Reason.NO_ACTIVE_SUBSCRIPTION, "cus_1"),
-    (_rec(0, _ev("a", "llm_call", usage={"tokens": "many"})), Reason.VALUE_NOT_NUMERIC, "usage.tokens"),
-    (_rec(0, _ev("a", time="2026-03-01T00:00:00Z")), Reason.TOO_FAR_IN_FUTURE, "2026-03-01"),
-])
+@pytest.mark.parametrize(
+    ("record", "code", "needle"),
+    [
+        (_rec(0, b"{nope"), Reason.INVALID_JSON, ""),
+        (_rec(0, {"id": "a", "type": "api_request", "time": T}), Reason.SCHEMA, "customer"),
+        (_rec(0, _ev("a"), key=b""), Reason.SCHEMA, "key"),
+        (_rec(0, {**_ev("a"), "organization": "other"}), Reason.SCHEMA, "organization"),
+        (_rec(0, _ev("a"), key=b"globex"), Reason.UNKNOWN_ORGANIZATION, "globex"),
+        (_rec(0, _ev("a", customer="ghost")), Reason.UNKNOWN_CUSTOMER, "ghost"),
+        (_rec(0, _ev("a", time="2026-01-10T00:00:00Z")), Reason.NO_ACTIVE_SUBSCRIPTION, "cus_1"),
+        (_rec(0, _ev("a", "llm_call", usage={"tokens": "many"})), Reason.VALUE_NOT_NUMERIC, "usage.tokens"),
+        (_rec(0, _ev("a", time="2026-03-01T00:00:00Z")), Reason.TOO_FAR_IN_FUTURE, "2026-03-01"),
+    ],
+)
 def test_dead_letter_reasons(record: Record, code: Reason, needle: str) -> None:
-    snap = _snapshot(_meter("calls", "api_request", Aggregation.COUNT),
-                     _meter("tokens", "llm_call", Aggregation.SUM, "usage.tokens"))
+    snap = _snapshot(
+        _meter("calls", "api_request", Aggregation.COUNT), _meter("tokens", "llm_call", Aggregation.SUM, "usage.tokens")
+    )
     plan = _plan(snap, record)
     [dead] = plan.dead_letters
     assert dead.code is code and needle in dead.detail
@@ -100,12 +126,19 @@ def test_dead_letter_reasons(record: Record, code: Reason, needle: str) -> None:
 
 
 def test_filters_and_one_event_feeding_several_meters() -> None:
-    snap = _snapshot(_meter("all", "api_request", Aggregation.COUNT),
-                     _meter("gets", "api_request", Aggregation.COUNT, method=["GET", "HEAD"]),
-                     _meter("peak", "api_request", Aggregation.MAX, "latency_ms"))
+    snap = _snapshot(
+        _meter("all", "api_request", Aggregation.COUNT),
+        _meter("gets", "api_request", Aggregation.COUNT, method=["GET", "HEAD"]),
+        _meter("peak", "api_request", Aggregation.MAX, "latency_ms"),
+    )
     plan = _plan(snap, _rec(0, _ev("a", method="GET", latency_ms=7)), _rec(1, _ev("b", method="POST", latency_ms=3)))
     assert sorted((c.dedup_key, c.meter) for c in plan.contributions) == [
-        ("a", "all"), ("a", "gets"), ("a", "peak"), ("b", "all"), ("b", "peak")]
+        ("a", "all"),
+        ("a", "gets"),
+        ("a", "peak"),
+        ("b", "all"),
+        ("b", "peak"),
+    ]
 
 
 def test_event_on_a_boundary_belongs_to_the_later_period() -> None:
