@@ -102,6 +102,7 @@ class Event(Base):
     event_type: Mapped[str] = mapped_column(Text)
     event_time: Mapped[datetime] = mapped_column(TS)
     properties: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    source_topic: Mapped[str] = mapped_column(Text)
     source_partition: Mapped[int] = mapped_column(Integer)
     source_offset: Mapped[int] = mapped_column(BigInteger)
 

@@ -12,23 +12,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.catalog import Aggregation
 from streams.decode import Reason, Rejection, UsageEvent, decode_record, read_path
 from streams.snapshot import CatalogSnapshot, MeterView
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class Contribution:
+class Contribution(NamedTuple):
     """What one event adds to one (subscription, meter, period) total."""
 
     organization: str
@@ -44,8 +42,7 @@ class Contribution:
     unique_value: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(NamedTuple):
     partition: int
     offset: int
     organization: str | None
@@ -85,58 +82,57 @@ def _matches(meter: MeterView, properties: dict[str, Any]) -> bool:
     return True
 
 
+_COUNT, _UNIQUE = Aggregation.COUNT, Aggregation.UNIQUE_COUNT
+_ONE = Decimal(1)
+
+
 def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contribution]:
     """Meter contributions of one event, or a Rejection when it cannot be counted."""
     subs = snapshot.subscriptions_by_customer.get((event.organization, event.customer))
     if subs is None:
         raise Rejection(Reason.UNKNOWN_CUSTOMER, f"customer {event.customer!r} is not in the catalog")
-    active = [s for s in subs if s.active_at(event.time)]
+    when = event.time
+    active = [s for s in subs if s.start <= when and (s.end is None or when < s.end)]
     if not active:
         raise Rejection(
             Reason.NO_ACTIVE_SUBSCRIPTION,
             f"customer {event.customer!r} has no subscription active at {event.time.isoformat()}",
         )
     out: list[Contribution] = []
-    for meter in snapshot.meters_by_type.get((event.organization, event.type), ()):
-        if not _matches(meter, event.properties):
+    org, key, props, event_id = event.organization, event.dedup_key, event.properties, event.id
+    for meter in snapshot.meters_by_type.get((org, event.type), ()):
+        if meter.filters and not _matches(meter, props):
             continue
-        value, unique = Decimal(1), None
-        if meter.aggregation is not Aggregation.COUNT:
-            raw = read_path(event.properties, meter.value_path)
-            if meter.aggregation is Aggregation.UNIQUE_COUNT:
-                if raw is None or isinstance(raw, (dict, list)):
-                    raise Rejection(
-                        Reason.SCHEMA,
-                        f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is missing or not a scalar",
-                    )
-                unique = raw if isinstance(raw, str) else str(raw)
-            else:
-                number = _numeric(raw)
-                if number is None:
-                    raise Rejection(
-                        Reason.VALUE_NOT_NUMERIC,
-                        f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is {raw!r}, not a number",
-                    )
-                value = number
+        agg = meter.aggregation
+        value, unique = _ONE, None
+        if agg is not _COUNT:
+            value, unique = _meter_value(meter, props)
+        mkey = meter.key
         for sub in active:
-            if meter.key in sub.meter_keys:
-                period = sub.period_at(event.time)
-                out.append(
-                    Contribution(
-                        event.organization,
-                        sub.id,
-                        meter.key,
-                        meter.aggregation,
-                        period.start,
-                        period.end,
-                        event.dedup_key,
-                        value,
-                        event.time,
-                        event.id,
-                        unique,
-                    )
-                )
+            if mkey in sub.meter_keys:
+                period = sub.period_at(when)
+                out.append(Contribution(org, sub.id, mkey, agg, period.start, period.end, key, value, when,
+                                        event_id, unique))
     return out
+
+
+def _meter_value(meter: MeterView, properties: dict[str, Any]) -> tuple[Decimal, str | None]:
+    """The (numeric value, distinct value) an event gives a non-count meter, or a Rejection."""
+    raw = read_path(properties, meter.value_path)
+    if meter.aggregation is _UNIQUE:
+        if raw is None or isinstance(raw, (dict, list)):
+            raise Rejection(
+                Reason.SCHEMA,
+                f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is missing or not a scalar",
+            )
+        return _ONE, raw if isinstance(raw, str) else str(raw)
+    number = _numeric(raw)
+    if number is None:
+        raise Rejection(
+            Reason.VALUE_NOT_NUMERIC,
+            f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is {raw!r}, not a number",
+        )
+    return number, None
 
 
 def plan_batch(

@@ -19,7 +19,7 @@ starts, never what is counted.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,7 +46,7 @@ class BatchResult:
     duplicates: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     late: int = 0
-    touched: set[tuple[str, str]] = field(default_factory=set)  # (organization, subscription)
+    touched: set[tuple[str, str, datetime]] = field(default_factory=set)  # (organization, subscription, period)
     next_offsets: dict[int, int] = field(default_factory=dict)
 
 
@@ -68,7 +68,7 @@ _UPDATE_BY_AGG = {
 def _lock_offsets(cur: psycopg.Cursor[Any], group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
     cur.execute(
         "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, received, accepted, duplicates, dead_lettered) "
-        "SELECT %s, %s, p, 0, 0, 0, 0, 0 FROM unnest(%s::int[]) AS p ON CONFLICT DO NOTHING",
+        "SELECT %s, %s, p, 0, 0, 0, 0, 0 FROM unnest(%b::int[]) AS p ON CONFLICT DO NOTHING",
         (group, topic, list(partitions)),
     )
     cur.execute(
@@ -79,29 +79,31 @@ def _lock_offsets(cur: psycopg.Cursor[Any], group: str, topic: str, partitions: 
     return {p: o for p, o in cur.fetchall()}
 
 
-def _insert_events(cur: psycopg.Cursor[Any], plan: BatchPlan) -> set[tuple[str, str]]:
+def _insert_events(cur: psycopg.Cursor[Any], topic: str, plan: BatchPlan) -> set[tuple[str, str]]:
+    """Insert candidate events; returns the (organization, dedup key) pairs that were NOT new.
+
+    Only conflicts come back (usually none, or the re-sent few), not every inserted key:
+    a row is ours exactly when its stored source topic/partition/offset is this record's.
+    """
     if not plan.events:
         return set()
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS batch_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     with cur.copy(
         "COPY batch_events (organization_id, dedup_key, customer_id, event_type, event_time, properties, "
-        "source_partition, source_offset) FROM STDIN"
+        "source_topic, source_partition, source_offset) FROM STDIN"
     ) as copy:
+        write = copy.write_row
         for ev, rec in plan.events:
-            copy.write_row(
-                (
-                    ev.organization,
-                    ev.dedup_key,
-                    ev.customer,
-                    ev.type,
-                    ev.time,
-                    _ENCODE_PROPS(ev.properties).decode(),
-                    rec.partition,
-                    rec.offset,
-                )
-            )
+            write((ev.organization, ev.dedup_key, ev.customer, ev.type, ev.time,
+                   _ENCODE_PROPS(ev.properties).decode(), topic, rec.partition, rec.offset))
+    cur.execute("INSERT INTO events SELECT * FROM batch_events ON CONFLICT DO NOTHING")
+    if cur.rowcount == len(plan.events):
+        return set()
     cur.execute(
-        "INSERT INTO events SELECT * FROM batch_events ON CONFLICT DO NOTHING RETURNING organization_id, dedup_key"
+        "SELECT b.organization_id, b.dedup_key FROM batch_events b JOIN events e "
+        "ON e.organization_id = b.organization_id AND e.dedup_key = b.dedup_key "
+        "WHERE (e.source_topic, e.source_partition, e.source_offset) "
+        "IS DISTINCT FROM (b.source_topic, b.source_partition, b.source_offset)"
     )
     return {(o, k) for o, k in cur.fetchall()}
 
@@ -113,7 +115,7 @@ def _insert_unique_values(cur: psycopg.Cursor[Any], contributions: list[Contribu
         return {}
     cur.execute(
         "INSERT INTO usage_unique_values (organization_id, subscription_id, meter_key, period_start, value) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]) "
+        "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[]) "
         "ON CONFLICT DO NOTHING RETURNING organization_id, subscription_id, meter_key, period_start",
         [list(col) for col in zip(*rows, strict=True)],
     )
@@ -154,8 +156,8 @@ def _upsert_totals(cur: psycopg.Cursor[Any], folded: dict[TotalKey, list[Any]]) 
         cur.execute(
             "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, period_end, "
             "quantity, event_count, latest_time, latest_event, closed) "
-            "SELECT o, s, m, ps, pe, q, n, lt, le, false FROM unnest(%s::text[], %s::text[], %s::text[], "
-            "%s::timestamptz[], %s::timestamptz[], %s::numeric[], %s::bigint[], %s::timestamptz[], %s::text[]) "
+            "SELECT o, s, m, ps, pe, q, n, lt, le, false FROM unnest(%b::text[], %b::text[], %b::text[], "
+            "%b::timestamptz[], %b::timestamptz[], %b::numeric[], %b::bigint[], %b::timestamptz[], %b::text[]) "
             "AS u(o, s, m, ps, pe, q, n, lt, le) "
             "ON CONFLICT (organization_id, subscription_id, meter_key, period_start) DO UPDATE SET "
             f"{_UPDATE_BY_AGG[agg]}, event_count = t.event_count + excluded.event_count "
@@ -183,7 +185,7 @@ def _record_late(cur: psycopg.Cursor[Any], late: list[Contribution]) -> None:
     ]
     cur.execute(
         "INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, period_end, value) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::numeric[]) "
+        "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::numeric[]) "
         "ON CONFLICT DO NOTHING",
         [list(col) for col in zip(*rows, strict=True)],
     )
@@ -259,39 +261,34 @@ def write_batch(
         fresh = [r for r in records if r.offset >= stored.get(r.partition, 0)]
         result.replayed = len(records) - len(fresh)
         plan = _without_replays(plan, stored)
-        new_keys = _insert_events(cur, plan)
-        counts: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        for rec in fresh:
-            counts[rec.partition][0] += 1
-        for ev, rec in plan.events:
-            counts[rec.partition][1 if (ev.organization, ev.dedup_key) in new_keys else 2] += 1
-        for d in plan.dead_letters:
-            counts[d.partition][3] += 1
-        _attribute_in_batch_duplicates(fresh, plan, counts)
-        new_contrib = [c for c in plan.contributions if (c.organization, c.dedup_key) in new_keys]
+        old_keys = _insert_events(cur, topic, plan)
+        counts = _partition_counts(fresh, plan, old_keys)
+        if old_keys:
+            new_contrib = [c for c in plan.contributions if (c.organization, c.dedup_key) not in old_keys]
+        else:  # the common case: nothing re-sent from an earlier batch
+            new_contrib = plan.contributions
         unique_fresh = _insert_unique_values(cur, [c for c in new_contrib if c.unique_value is not None])
-        applied = _upsert_totals(cur, _fold(new_contrib, unique_fresh))
-        late = [c for c in new_contrib if (c.organization, c.subscription, c.meter, c.period_start) not in applied]
+        folded = _fold(new_contrib, unique_fresh)
+        applied = _upsert_totals(cur, folded)
+        late = [] if len(applied) == len(folded) else [
+            c for c in new_contrib if (c.organization, c.subscription, c.meter, c.period_start) not in applied]
         _record_late(cur, late)
         _record_dead_letters(cur, topic, plan.dead_letters)
         result.next_offsets = _advance(cur, group, topic, records, counts) if records else {}
         if before_commit is not None:
             before_commit(plan.dead_letters)
     result.received = len(fresh)
-    result.accepted = len(new_keys)
-    result.duplicates = len(fresh) - len(new_keys) - len(plan.dead_letters)
+    result.accepted = len(plan.events) - len(old_keys)
+    result.duplicates = len(fresh) - result.accepted - len(plan.dead_letters)
     result.dead_letters = plan.dead_letters
     result.late = len(late)
-    result.touched = {(c.organization, c.subscription) for c in new_contrib}
+    result.touched = {(k[0], k[1], k[3]) for k in applied}
     return result
 
 
-def _attribute_in_batch_duplicates(fresh: Sequence[Record], plan: BatchPlan, counts: dict[int, list[int]]) -> None:
-    """Count in-batch duplicates against the partition they were read from."""
-    if len(fresh) == len(plan.events) + len(plan.dead_letters):
-        return
-    used = {(rec.partition, rec.offset) for _, rec in plan.events}
-    used.update((d.partition, d.offset) for d in plan.dead_letters)
-    for rec in fresh:
-        if (rec.partition, rec.offset) not in used:
-            counts[rec.partition][2] += 1
+def _partition_counts(fresh: Sequence[Record], plan: BatchPlan, old_keys: set[tuple[str, str]]) -> dict[int, list[int]]:
+    """Per partition: [received, accepted, duplicates, dead_lettered] for the conservation counters."""
+    received = Counter(r.partition for r in fresh)
+    accepted = Counter(rec.partition for ev, rec in plan.events if (ev.organization, ev.dedup_key) not in old_keys)
+    dead = Counter(d.partition for d in plan.dead_letters)
+    return {p: [n, accepted[p], n - accepted[p] - dead[p], dead[p]] for p, n in received.items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -99,9 +99,10 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
                     organization=sub.organization_id,
                     id=sub.id,
                     customer=sub.customer_id,
-                    start=sub.start_at,
-                    end=sub.end_at,
-                    anchor=sub.billing_anchor,
+                    # One tzinfo object everywhere makes the hot-path comparisons cheap.
+                    start=sub.start_at.astimezone(UTC),
+                    end=None if sub.end_at is None else sub.end_at.astimezone(UTC),
+                    anchor=sub.billing_anchor.astimezone(UTC),
                     interval=plan.interval,
                     interval_count=plan.interval_count,
                     meter_keys=frozenset(ch.meter for ch in plan.charges if ch.meter),

@@ -52,6 +52,8 @@ class WorkerConfig:
     database_url: str
     events_topic: str = "usage.events"
     dlq_topic: str = "usage.events.dlq"
+    totals_topic: str = "usage.totals"
+    totals_interval_s: float = 1.0
     partitions: int = 8
     group: str = "valora-worker"
     batch_max: int = 5000
@@ -64,11 +66,14 @@ class WorkerConfig:
     idle_quiet_s: float = 2.0
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0) -> None:
-    """Create topics that are missing (idempotent)."""
+def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0,
+                  compacted: frozenset[str] = frozenset()) -> None:
+    """Create topics that are missing (idempotent); names in `compacted` get cleanup.policy=compact."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    new = [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in topics.items() if name not in existing]
+    new = [NewTopic(name, num_partitions=n, replication_factor=1,
+                    config={"cleanup.policy": "compact"} if name in compacted else {})
+           for name, n in topics.items() if name not in existing]
     if not new:
         return
     for name, fut in admin.create_topics(new, operation_timeout=timeout_s).items():
@@ -111,6 +116,29 @@ class BatchProcessor:
         self.producer = Producer({"bootstrap.servers": cfg.bootstrap, "enable.idempotence": True, "linger.ms": 5})
         self.offsets: dict[int, int] = {}
         self.crash: BaseException | None = None
+        self.touched: set[tuple[str, str, datetime]] = set()
+        self._totals_engine: Any = None
+
+    def publish_totals(self) -> int:
+        """Rate and publish the running totals touched since the last call (compacted topic)."""
+        touched, self.touched = self.touched, set()
+        if not touched:
+            return 0
+        from invoicing.db import make_engine
+        from invoicing.usage import totals_for
+
+        if self._totals_engine is None:
+            self._totals_engine = make_engine(self.cfg.database_url, pool_size=1)
+        try:
+            totals = totals_for(self._totals_engine, touched)
+        except OperationalError:
+            self.touched |= touched  # Postgres away: publish on a later tick
+            return 0
+        for total in totals:
+            key = f"{total['organization']}/{total['subscription']}/{total['period_start']}".encode()
+            self.producer.produce(self.cfg.totals_topic, key=key, value=orjson.dumps({"schema_version": 1, **total}))
+        self.producer.flush(10)
+        return len(totals)
 
     def stored_offsets(self) -> dict[int, int]:
         with psycopg.connect(_libpq_url(self.cfg.database_url), autocommit=True, connect_timeout=5) as conn:
@@ -181,6 +209,7 @@ class BatchProcessor:
             self.metrics.observe_batch(result, time.perf_counter() - started)
             for p, nxt in result.next_offsets.items():
                 self.offsets[p] = max(self.offsets.get(p, 0), nxt)
+            self.touched |= result.touched
             return result
 
 
@@ -331,7 +360,8 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
     from faust.worker import Worker
     from prometheus_client import CollectorRegistry, start_http_server
 
-    ensure_topics(cfg.bootstrap, {cfg.events_topic: cfg.partitions, cfg.dlq_topic: cfg.partitions})
+    ensure_topics(cfg.bootstrap, {cfg.events_topic: cfg.partitions, cfg.dlq_topic: cfg.partitions,
+                                  cfg.totals_topic: cfg.partitions}, compacted=frozenset({cfg.totals_topic}))
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     if cfg.metrics_port is not None:
@@ -365,4 +395,5 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
             raise WorkerCrashed(f"worker stopped: {reason or f'exit code {exc.code}'}") from None
     if processor.crash is not None:
         raise WorkerCrashed(f"worker stopped: {processor.crash}")
+    processor.publish_totals()  # what the last batches touched
     return dict(metrics.summary)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -105,6 +106,20 @@ def test_dev_up_status_down_with_external_postgres(state_dir: Path, database_url
     assert not broker_answers(state.kafka_bootstrap, timeout_s=0.5)
     assert postgres_answers(database_url), "dev down must never stop an external server"
     assert dev_down(state_dir) == []
+
+
+def test_dev_up_replaces_a_dead_broker_and_keeps_postgres(state_dir: Path, database_url: str) -> None:
+    first = dev_up(state_dir, database_url=database_url)
+    pid = first.broker_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not broker_answers(first.kafka_bootstrap, timeout_s=0.2), message="broker still answers")
+
+    second = dev_up(state_dir, database_url=database_url)
+
+    assert second.broker_pid != first.broker_pid and second.database_url == database_url
+    assert dev_status(state_dir) == (second, {"broker": True, "postgres": True})
+    wait_for(lambda: not _pid_exists(pid), message="the killed broker was not reaped")
 
 
 def test_broker_outlives_the_process_that_started_it(state_dir: Path, database_url: str) -> None:

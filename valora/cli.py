@@ -138,6 +138,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         database_url=database_url,
         events_topic=settings.events_topic,
         dlq_topic=settings.dlq_topic,
+        totals_topic=settings.totals_topic,
         partitions=settings.partitions,
         group=settings.consumer_group,
         batch_max=settings.batch_max,
@@ -176,6 +177,33 @@ def cmd_invoices(args: argparse.Namespace) -> int:
         print(json.dumps(invoices, indent=2))
     else:
         print(invoice_table(invoices))
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from invoicing.usage import late_usage, running_totals
+
+    engine = _engine(_settings())
+    if args.late:
+        rows = late_usage(engine, args.org, args.customer)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                billed = r["billed_on_invoice"] or "not yet billed"
+                print(f"{r['subscription']}  {r['meter']}  {r['period_start'][:10]}  {r['quantity']}  {billed}")
+            print(f"{len(rows)} late usage record(s)")
+        return 0
+    totals = running_totals(engine, args.org, at=args.at or _now(), customer=args.customer)
+    if args.json:
+        print(json.dumps(totals, indent=2))
+    else:
+        from rating.money import format_minor
+
+        for t in totals:
+            meters = ", ".join(f"{k} {v}" for k, v in t["meters"].items()) or "no usage"
+            print(f"{t['subscription']}  {t['customer']}  {t['period_start'][:10]} – {t['period_end'][:10]}  "
+                  f"{meters}  so far {format_minor(t['total_minor'], t['currency'])} {t['currency']}")
     return 0
 
 
@@ -249,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--customer")
     inv.add_argument("--json", action="store_true")
     inv.set_defaults(func=cmd_invoices)
+
+    usage = sub.add_parser("usage", help="running totals of the current period, or late usage")
+    usage.add_argument("--org", required=True)
+    usage.add_argument("--customer")
+    usage.add_argument("--at", type=parse_time, default=None, help="the period containing this time (default: now)")
+    usage.add_argument("--late", action="store_true", help="usage that arrived after its period was invoiced")
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=cmd_usage)
 
     quote = sub.add_parser("quote", help="price a plan offline")
     quote.add_argument("--plan", required=True)

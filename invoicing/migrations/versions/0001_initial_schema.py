@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column("event_type", sa.Text(), nullable=False),
         sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("properties", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("source_topic", sa.Text(), nullable=False),
         sa.Column("source_partition", sa.Integer(), nullable=False),
         sa.Column("source_offset", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("organization_id", "dedup_key"),
