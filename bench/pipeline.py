@@ -47,16 +47,29 @@ def synthetic_events(n: int, *, seed: int, prefix: str, dup_share: float = 0.1) 
             continue
         org = f"org{rng.randrange(ORGS):04d}"
         when = start + timedelta(seconds=rng.randrange(30 * 86400))
-        value = json.dumps({"id": f"{prefix}{i}", "type": "api_request", "customer": "c0",
-                            "time": when.isoformat().replace("+00:00", "Z"),
-                            "properties": {"tokens": rng.randrange(1, 5000)}}).encode()
+        value = json.dumps(
+            {
+                "id": f"{prefix}{i}",
+                "type": "api_request",
+                "customer": "c0",
+                "time": when.isoformat().replace("+00:00", "Z"),
+                "properties": {"tokens": rng.randrange(1, 5000)},
+            }
+        ).encode()
         out.append((org.encode(), value))
     return out
 
 
 def raw_consume_rate(bootstrap: str, topic: str, total: int) -> float:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{topic}", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "fetch.max.bytes": 64 << 20})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{topic}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 64 << 20,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     seen, started, deadline = 0, None, time.monotonic() + 300
     while seen < total and time.monotonic() < deadline:
@@ -69,8 +82,10 @@ def raw_consume_rate(bootstrap: str, topic: str, total: int) -> float:
 
 
 def _counters(conn: psycopg.Connection[Any], topic: str) -> tuple[int, int]:
-    row = conn.execute("SELECT coalesce(sum(next_offset), 0), coalesce(sum(accepted), 0) FROM consumer_offsets "
-                       "WHERE topic = %s", (topic,)).fetchone()
+    row = conn.execute(
+        "SELECT coalesce(sum(next_offset), 0), coalesce(sum(accepted), 0) FROM consumer_offsets WHERE topic = %s",
+        (topic,),
+    ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
@@ -82,8 +97,9 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _freshness(bootstrap: str, topic: str, conn: psycopg.Connection[Any], *, rate: int, seconds: float,
-               prefix: str) -> list[float]:
+def _freshness(
+    bootstrap: str, topic: str, conn: psycopg.Connection[Any], *, rate: int, seconds: float, prefix: str
+) -> list[float]:
     """Produce `rate` events/s in 50 ms ticks; return per-tick produce-to-visible latencies (ms)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
     per_tick, ticks = rate // 20, int(seconds * 20)
@@ -96,9 +112,19 @@ def _freshness(bootstrap: str, topic: str, conn: psycopg.Connection[Any], *, rat
         for k in range(ticks):
             for j in range(per_tick):
                 org = f"org{(k * per_tick + j) % ORGS:04d}".encode()
-                producer.produce(topic, key=org, value=json.dumps({
-                    "id": f"{prefix}f{k}_{j}", "type": "api_request", "customer": "c0",
-                    "time": "2026-01-15T00:00:00Z", "properties": {"tokens": 1}}).encode())
+                producer.produce(
+                    topic,
+                    key=org,
+                    value=json.dumps(
+                        {
+                            "id": f"{prefix}f{k}_{j}",
+                            "type": "api_request",
+                            "customer": "c0",
+                            "time": "2026-01-15T00:00:00Z",
+                            "properties": {"tokens": 1},
+                        }
+                    ).encode(),
+                )
             producer.flush()
             sent_at.append((base + (k + 1) * per_tick, time.perf_counter()))
             time.sleep(max(0.0, t0 + (k + 1) / 20 - time.perf_counter()))  # pacing the producer, not waiting on work
@@ -132,12 +158,20 @@ def run_pipeline_bench(settings: Any, *, events: int) -> dict[str, Any]:
     produce_rate = len(records) / (time.perf_counter() - t0)
     raw = raw_consume_rate(bootstrap, topic, len(records))
 
-    env = {**os.environ, "VALORA_KAFKA_BOOTSTRAP": bootstrap, "VALORA_DATABASE_URL": db_url,
-           "VALORA_EVENTS_TOPIC": topic, "VALORA_DLQ_TOPIC": f"{topic}.dlq", "VALORA_CONSUMER_GROUP": f"g-{topic}",
-           "VALORA_TOPIC_PARTITIONS": str(PARTITIONS), "VALORA_SESSION_TIMEOUT_MS": "6000",
-           "VALORA_FUTURE_TOLERANCE": "3650d"}
-    worker = subprocess.Popen([sys.executable, "-m", "valora.cli", "worker"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "VALORA_KAFKA_BOOTSTRAP": bootstrap,
+        "VALORA_DATABASE_URL": db_url,
+        "VALORA_EVENTS_TOPIC": topic,
+        "VALORA_DLQ_TOPIC": f"{topic}.dlq",
+        "VALORA_CONSUMER_GROUP": f"g-{topic}",
+        "VALORA_TOPIC_PARTITIONS": str(PARTITIONS),
+        "VALORA_SESSION_TIMEOUT_MS": "6000",
+        "VALORA_FUTURE_TOLERANCE": "3650d",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "valora.cli", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     conn = psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True)
     try:
         first = last = None
@@ -152,7 +186,9 @@ def run_pipeline_bench(settings: Any, *, events: int) -> dict[str, Any]:
                 break
             time.sleep(0.01)  # the poll interval of the measuring loop
         if last is None or first is None:
-            raise RuntimeError(f"worker did not catch up: {worker.stderr.read().decode()[-500:] if worker.stderr and worker.poll() is not None else 'timeout'}")
+            died = worker.poll() is not None and worker.stderr is not None
+            detail = worker.stderr.read().decode()[-500:] if died and worker.stderr else "timeout"
+            raise RuntimeError(f"worker did not catch up: {detail}")
         rate = (len(records) - first[1]) / max(last - first[0], 1e-9)
         _, accepted = _counters(conn, topic)
         latencies = sorted(_freshness(bootstrap, topic, conn, rate=5000, seconds=10, prefix=prefix))

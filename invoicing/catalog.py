@@ -114,23 +114,33 @@ def parse_catalog(data: Any) -> ParsedCatalog:
     )
 
 
-def _existing(session: Session) -> dict[str, set[tuple[str, str]] | dict[str, str]]:
-    return {
-        "orgs": {r for (r,) in session.execute(select(m.Organization.id))},  # type: ignore[dict-item]
-        "currency": dict(session.execute(select(m.Organization.id, m.Organization.currency)).all()),  # type: ignore[arg-type]
-        "meters": set(session.execute(select(m.Meter.organization_id, m.Meter.key)).all()),  # type: ignore[arg-type]
-        "customers": set(session.execute(select(m.Customer.organization_id, m.Customer.id)).all()),  # type: ignore[arg-type]
-        "plans": set(session.execute(select(m.Plan.organization_id, m.Plan.code)).all()),  # type: ignore[arg-type]
-    }
+@dataclass(frozen=True)
+class _Known:
+    """What the file plus the database define, for checking references."""
+
+    currency: dict[str, str]
+    meters: set[tuple[str, str]]
+    customers: set[tuple[str, str]]
+    plans: set[tuple[str, str]]
+
+
+def _known(cat: ParsedCatalog, session: Session) -> _Known:
+    currency = {org: cur for org, cur in session.execute(select(m.Organization.id, m.Organization.currency)).tuples()}
+    currency.update({o.id: o.currency for o in cat.organizations})
+    return _Known(
+        currency=currency,
+        meters=set(session.execute(select(m.Meter.organization_id, m.Meter.key)).tuples())
+        | {(x.organization, x.key) for x in cat.meters},
+        customers=set(session.execute(select(m.Customer.organization_id, m.Customer.id)).tuples())
+        | {(x.organization, x.id) for x in cat.customers},
+        plans=set(session.execute(select(m.Plan.organization_id, m.Plan.code)).tuples())
+        | {(org, p.code) for org, p in cat.plans},
+    )
 
 
 def _check_references(cat: ParsedCatalog, session: Session) -> None:
-    have = _existing(session)
-    currency: dict[str, str] = dict(have["currency"])  # type: ignore[arg-type]
-    currency.update({o.id: o.currency for o in cat.organizations})
-    meters = set(have["meters"]) | {(x.organization, x.key) for x in cat.meters}
-    customers = set(have["customers"]) | {(x.organization, x.id) for x in cat.customers}
-    plans = set(have["plans"]) | {(org, p.code) for org, p in cat.plans}
+    known = _known(cat, session)
+    currency, meters, customers, plans = known.currency, known.meters, known.customers, known.plans
 
     def need_org(label: str, org: str) -> None:
         if org not in currency:

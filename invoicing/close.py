@@ -127,7 +127,8 @@ def _close_totals(session: Session, sub: m.Subscription, plan: Plan, period: Per
     rows = session.execute(
         text(
             "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, period_end, "
-            "quantity, event_count, closed) SELECT :org, :sub, mk, :ps, :pe, 0, 0, true FROM unnest(CAST(:meters AS text[])) AS mk "
+            "quantity, event_count, closed) SELECT :org, :sub, mk, :ps, :pe, 0, 0, true "
+            "FROM unnest(CAST(:meters AS text[])) AS mk "
             "ON CONFLICT (organization_id, subscription_id, meter_key, period_start) DO UPDATE SET closed = true "
             "RETURNING meter_key, quantity"
         ),
@@ -146,8 +147,9 @@ def _late_lines(session: Session, sub: m.Subscription, plan: Plan, inv_id: str) 
     late = (
         session.execute(
             text(
-                "UPDATE late_usage SET billed_invoice_id = :inv WHERE organization_id = :org AND subscription_id = :sub "
-                "AND billed_invoice_id IS NULL RETURNING meter_key, period_start, period_end, value"
+                "UPDATE late_usage SET billed_invoice_id = :inv "
+                "WHERE organization_id = :org AND subscription_id = :sub AND billed_invoice_id IS NULL "
+                "RETURNING meter_key, period_start, period_end, value"
             ),
             {"inv": inv_id, "org": sub.organization_id, "sub": sub.id},
         )

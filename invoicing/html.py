@@ -27,7 +27,7 @@ from typing import Any
 
 from rating.money import format_minor
 
-_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # "Label: 12,000 units (1,000 free) × 0.002", "Label: flat 29.00", "Label: ... all at tier 2 × 0.01":
 # the price per unit is the last number, when nothing but a proration share may follow it.
 _UNIT_PRICE = re.compile(r"(?:: flat | × )(\d[\d,]*(?:\.\d+)?)(?: × \d+(?:/\d+)? of the period)?$")
@@ -99,8 +99,12 @@ def render_invoice_html(invoice: dict[str, Any], *, organization_name: str, cust
 
 
 def _esc(value: object) -> str:
-    """Text safe inside an element or a quoted attribute, and legal XML 1.0."""
-    return html.escape(_XML_INVALID.sub("\ufffd", str(value)), quote=True)
+    """Text safe inside an element or a quoted attribute, and legal XML 1.0.
+
+    A carriage return is written as a reference because XML parsers turn a literal one into
+    a line feed; this way the text a parser reads back is exactly the text given.
+    """
+    return html.escape(_XML_INVALID.sub("\ufffd", str(value)), quote=True).replace("\r", "&#13;")
 
 
 def _header(invoice: dict[str, Any], number: str, organization_name: str) -> str:

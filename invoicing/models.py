@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -32,7 +32,7 @@ TS = DateTime(timezone=True)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: TS, Decimal: Numeric, dict[str, Any]: JSONB}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: TS, Decimal: Numeric, dict[str, Any]: JSONB}
 
 
 class Organization(Base):

@@ -34,8 +34,13 @@ def _rated_period(sub: m.Subscription, plan: Plan, period: Period, usage: dict[s
         "period_end": _ts(period.end),
         "meters": {k: _dec(v) for k, v in sorted(usage.items())},
         "lines": [
-            {"charge": line.charge, "kind": line.kind.value, "quantity": _dec(line.quantity),
-             "amount_minor": line.amount_minor, "description": line.description}
+            {
+                "charge": line.charge,
+                "kind": line.kind.value,
+                "quantity": _dec(line.quantity),
+                "amount_minor": line.amount_minor,
+                "description": line.description,
+            }
             for line in rated.lines
         ],
         "subtotal_minor": rated.subtotal_minor,
@@ -43,14 +48,21 @@ def _rated_period(sub: m.Subscription, plan: Plan, period: Period, usage: dict[s
     }
 
 
-def _usage_by_key(session: Session, keys: Iterable[tuple[str, str, datetime]]) -> dict[tuple[str, str, datetime], dict[str, Decimal]]:
+def _usage_by_key(
+    session: Session, keys: Iterable[tuple[str, str, datetime]]
+) -> dict[tuple[str, str, datetime], dict[str, Decimal]]:
     wanted = list(keys)
     out: dict[tuple[str, str, datetime], dict[str, Decimal]] = defaultdict(dict)
     if not wanted:
         return out
     rows = session.execute(
-        select(m.UsageTotal.organization_id, m.UsageTotal.subscription_id, m.UsageTotal.period_start,
-               m.UsageTotal.meter_key, m.UsageTotal.quantity).where(
+        select(
+            m.UsageTotal.organization_id,
+            m.UsageTotal.subscription_id,
+            m.UsageTotal.period_start,
+            m.UsageTotal.meter_key,
+            m.UsageTotal.quantity,
+        ).where(
             tuple_(m.UsageTotal.organization_id, m.UsageTotal.subscription_id, m.UsageTotal.period_start).in_(wanted)
         )
     )
@@ -59,21 +71,34 @@ def _usage_by_key(session: Session, keys: Iterable[tuple[str, str, datetime]]) -
     return out
 
 
-def running_totals(engine: Engine, organization: str, *, at: datetime, customer: str | None = None) -> list[dict[str, Any]]:
+def running_totals(
+    engine: Engine, organization: str, *, at: datetime, customer: str | None = None
+) -> list[dict[str, Any]]:
     """Quantity and amount so far for each subscription's period containing `at`."""
     with Session(engine) as session:
         query = select(m.Subscription).where(m.Subscription.organization_id == organization)
         if customer is not None:
             query = query.where(m.Subscription.customer_id == customer)
-        subs = [s for s in session.scalars(query.order_by(m.Subscription.id))
-                if s.start_at <= at and (s.end_at is None or at < s.end_at)]
-        plans = {p.code: load_plan(p.spec) for p in session.scalars(
-            select(m.Plan).where(m.Plan.organization_id == organization))}
-        periods = {s.id: period_containing(s.billing_anchor, plans[s.plan_code].interval, at,
-                                           plans[s.plan_code].interval_count) for s in subs}
+        subs = [
+            s
+            for s in session.scalars(query.order_by(m.Subscription.id))
+            if s.start_at <= at and (s.end_at is None or at < s.end_at)
+        ]
+        plans = {
+            p.code: load_plan(p.spec)
+            for p in session.scalars(select(m.Plan).where(m.Plan.organization_id == organization))
+        }
+        periods = {
+            s.id: period_containing(
+                s.billing_anchor, plans[s.plan_code].interval, at, plans[s.plan_code].interval_count
+            )
+            for s in subs
+        }
         usage = _usage_by_key(session, [(organization, s.id, periods[s.id].start) for s in subs])
-        return [_rated_period(s, plans[s.plan_code], periods[s.id], usage[(organization, s.id, periods[s.id].start)])
-                for s in subs]
+        return [
+            _rated_period(s, plans[s.plan_code], periods[s.id], usage[(organization, s.id, periods[s.id].start)])
+            for s in subs
+        ]
 
 
 def totals_for(engine: Engine, keys: Iterable[tuple[str, str, datetime]]) -> list[dict[str, Any]]:
@@ -97,17 +122,30 @@ def late_usage(engine: Engine, organization: str, customer: str | None = None) -
     with Session(engine) as session:
         query = (
             select(m.LateUsage, m.Subscription.customer_id)
-            .join(m.Subscription, (m.Subscription.organization_id == m.LateUsage.organization_id)
-                  & (m.Subscription.id == m.LateUsage.subscription_id))
+            .join(
+                m.Subscription,
+                (m.Subscription.organization_id == m.LateUsage.organization_id)
+                & (m.Subscription.id == m.LateUsage.subscription_id),
+            )
             .where(m.LateUsage.organization_id == organization)
         )
         if customer is not None:
             query = query.where(m.Subscription.customer_id == customer)
-        rows = session.execute(query.order_by(m.LateUsage.subscription_id, m.LateUsage.period_start,
-                                              m.LateUsage.meter_key, m.LateUsage.dedup_key)).tuples()
+        rows = session.execute(
+            query.order_by(
+                m.LateUsage.subscription_id, m.LateUsage.period_start, m.LateUsage.meter_key, m.LateUsage.dedup_key
+            )
+        ).tuples()
         return [
-            {"subscription": late.subscription_id, "customer": cust, "meter": late.meter_key,
-             "event": late.dedup_key, "period_start": _ts(late.period_start), "period_end": _ts(late.period_end),
-             "quantity": _dec(late.value), "billed_on_invoice": late.billed_invoice_id}
+            {
+                "subscription": late.subscription_id,
+                "customer": cust,
+                "meter": late.meter_key,
+                "event": late.dedup_key,
+                "period_start": _ts(late.period_start),
+                "period_end": _ts(late.period_end),
+                "quantity": _dec(late.value),
+                "billed_on_invoice": late.billed_invoice_id,
+            }
             for late, cust in rows
         ]

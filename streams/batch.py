@@ -111,8 +111,9 @@ def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contrib
         for sub in active:
             if mkey in sub.meter_keys:
                 period = sub.period_at(when)
-                out.append(Contribution(org, sub.id, mkey, agg, period.start, period.end, key, value, when,
-                                        event_id, unique))
+                out.append(
+                    Contribution(org, sub.id, mkey, agg, period.start, period.end, key, value, when, event_id, unique)
+                )
     return out
 
 

@@ -67,7 +67,8 @@ _UPDATE_BY_AGG = {
 
 def _lock_offsets(cur: psycopg.Cursor[Any], group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
     cur.execute(
-        "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, received, accepted, duplicates, dead_lettered) "
+        "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, "
+        "received, accepted, duplicates, dead_lettered) "
         "SELECT %s, %s, p, 0, 0, 0, 0, 0 FROM unnest(%b::int[]) AS p ON CONFLICT DO NOTHING",
         (group, topic, list(partitions)),
     )
@@ -94,8 +95,19 @@ def _insert_events(cur: psycopg.Cursor[Any], topic: str, plan: BatchPlan) -> set
     ) as copy:
         write = copy.write_row
         for ev, rec in plan.events:
-            write((ev.organization, ev.dedup_key, ev.customer, ev.type, ev.time,
-                   _ENCODE_PROPS(ev.properties).decode(), topic, rec.partition, rec.offset))
+            write(
+                (
+                    ev.organization,
+                    ev.dedup_key,
+                    ev.customer,
+                    ev.type,
+                    ev.time,
+                    _ENCODE_PROPS(ev.properties).decode(),
+                    topic,
+                    rec.partition,
+                    rec.offset,
+                )
+            )
     cur.execute("INSERT INTO events SELECT * FROM batch_events ON CONFLICT DO NOTHING")
     if cur.rowcount == len(plan.events):
         return set()
@@ -121,7 +133,7 @@ def _insert_unique_values(cur: psycopg.Cursor[Any], contributions: list[Contribu
     )
     fresh: dict[TotalKey, int] = defaultdict(int)
     for row in cur.fetchall():
-        fresh[tuple(row)] += 1  # type: ignore[index]
+        fresh[(row[0], row[1], row[2], row[3])] += 1
     return fresh
 
 
@@ -164,7 +176,7 @@ def _upsert_totals(cur: psycopg.Cursor[Any], folded: dict[TotalKey, list[Any]]) 
             "WHERE NOT t.closed RETURNING organization_id, subscription_id, meter_key, period_start",
             [list(col) for col in zip(*rows, strict=True)],
         )
-        applied.update(tuple(r) for r in cur.fetchall())  # type: ignore[misc]
+        applied.update((r[0], r[1], r[2], r[3]) for r in cur.fetchall())
     return applied
 
 
@@ -184,8 +196,9 @@ def _record_late(cur: psycopg.Cursor[Any], late: list[Contribution]) -> None:
         for c in late
     ]
     cur.execute(
-        "INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, period_end, value) "
-        "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::numeric[]) "
+        "INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, period_end, "
+        "value) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], "
+        "%b::timestamptz[], %b::numeric[]) "
         "ON CONFLICT DO NOTHING",
         [list(col) for col in zip(*rows, strict=True)],
     )
@@ -270,8 +283,11 @@ def write_batch(
         unique_fresh = _insert_unique_values(cur, [c for c in new_contrib if c.unique_value is not None])
         folded = _fold(new_contrib, unique_fresh)
         applied = _upsert_totals(cur, folded)
-        late = [] if len(applied) == len(folded) else [
-            c for c in new_contrib if (c.organization, c.subscription, c.meter, c.period_start) not in applied]
+        late = (
+            []
+            if len(applied) == len(folded)
+            else [c for c in new_contrib if (c.organization, c.subscription, c.meter, c.period_start) not in applied]
+        )
         _record_late(cur, late)
         _record_dead_letters(cur, topic, plan.dead_letters)
         result.next_offsets = _advance(cur, group, topic, records, counts) if records else {}

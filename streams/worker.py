@@ -13,8 +13,8 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,12 +22,12 @@ from typing import Any
 import faust
 import orjson
 import psycopg
-from sqlalchemy.exc import OperationalError
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from sqlalchemy.exc import OperationalError
 
 from schemas.errors import ValoraError
 from streams.batch import BatchPlan, DeadLetter, Record, plan_batch
@@ -66,14 +66,22 @@ class WorkerConfig:
     idle_quiet_s: float = 2.0
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0,
-                  compacted: frozenset[str] = frozenset()) -> None:
+def ensure_topics(
+    bootstrap: str, topics: dict[str, int], timeout_s: float = 15.0, compacted: frozenset[str] = frozenset()
+) -> None:
     """Create topics that are missing (idempotent); names in `compacted` get cleanup.policy=compact."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    new = [NewTopic(name, num_partitions=n, replication_factor=1,
-                    config={"cleanup.policy": "compact"} if name in compacted else {})
-           for name, n in topics.items() if name not in existing]
+    new = [
+        NewTopic(
+            name,
+            num_partitions=n,
+            replication_factor=1,
+            config={"cleanup.policy": "compact"} if name in compacted else {},
+        )
+        for name, n in topics.items()
+        if name not in existing
+    ]
     if not new:
         return
     for name, fut in admin.create_topics(new, operation_timeout=timeout_s).items():
@@ -194,9 +202,15 @@ class BatchProcessor:
             started = time.perf_counter()
             try:
                 result = write_batch(
-                    self._connection(), records, self._snapshot(), group=self.cfg.group,
-                    topic=self.cfg.events_topic, now=self.clock(), future_tolerance=self.cfg.future_tolerance,
-                    plan=plan, before_commit=self._produce_dead_letters,
+                    self._connection(),
+                    records,
+                    self._snapshot(),
+                    group=self.cfg.group,
+                    topic=self.cfg.events_topic,
+                    now=self.clock(),
+                    future_tolerance=self.cfg.future_tolerance,
+                    plan=plan,
+                    before_commit=self._produce_dead_letters,
                 )
             except (psycopg.OperationalError, psycopg.InterfaceError, OperationalError, DeliveryFailed) as exc:
                 self.metrics.batch_retries.inc()
@@ -284,8 +298,11 @@ async def ingest_loop(
         result = await job[0]
         if idle is not None:
             idle.touch()
-        commits = {tp: OffsetAndMetadata(result.next_offsets[tp.partition], "")
-                   for tp in job[1] if tp.partition in result.next_offsets}
+        commits = {
+            tp: OffsetAndMetadata(result.next_offsets[tp.partition], "")
+            for tp in job[1]
+            if tp.partition in result.next_offsets
+        }
         try:
             await consumer.commit(commits)
         except KafkaError as exc:  # a rebalance took the partition: Postgres offsets still guard
@@ -332,7 +349,7 @@ def build_app(
     )
     state = {"stopping": False}
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def ingest() -> None:
         try:
             await ingest_loop(cfg, processor, idle, lambda: state["stopping"] or app.should_stop)
@@ -342,7 +359,7 @@ def build_app(
 
     if idle is not None:
 
-        @app.timer(0.25)
+        @app.timer(0.25)  # type: ignore[untyped-decorator]
         async def check_idle() -> None:
             if idle.idle(processor.offsets):
                 state["stopping"] = True
@@ -360,8 +377,11 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
     from faust.worker import Worker
     from prometheus_client import CollectorRegistry, start_http_server
 
-    ensure_topics(cfg.bootstrap, {cfg.events_topic: cfg.partitions, cfg.dlq_topic: cfg.partitions,
-                                  cfg.totals_topic: cfg.partitions}, compacted=frozenset({cfg.totals_topic}))
+    ensure_topics(
+        cfg.bootstrap,
+        {cfg.events_topic: cfg.partitions, cfg.dlq_topic: cfg.partitions, cfg.totals_topic: cfg.partitions},
+        compacted=frozenset({cfg.totals_topic}),
+    )
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     if cfg.metrics_port is not None:
@@ -374,9 +394,11 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
             processor.offsets.update(stored_offsets(conn, cfg.group, cfg.events_topic))
     holder: list[Worker] = []
 
+    stopping: set[asyncio.Future[None]] = set()
+
     def stop() -> None:
-        if holder and not holder[0].should_stop:
-            asyncio.ensure_future(holder[0].stop())
+        if holder and not holder[0].should_stop and not stopping:
+            stopping.add(asyncio.ensure_future(holder[0].stop()))
 
     app = build_app(cfg, processor, idle, stop)
     worker = Worker(

@@ -34,9 +34,9 @@ def test_events_to_exact_invoice_and_second_close_changes_nothing(
 
     originals = _events(1500)
     # Re-sent duplicates: same ids, later in the stream, one with a different payload.
-    resent = originals[:100] + [(b"acme", native_event("e5", "cus_1", "2026-01-20T00:00:00Z"))]
+    resent = [*originals[:100], (b"acme", native_event("e5", "cus_1", "2026-01-20T00:00:00Z"))]
     malformed = [(b"acme", b"{oops"), (b"acme", native_event("x1", "nobody", "2026-01-20T00:00:00Z"))]
-    publish(broker, env["VALORA_EVENTS_TOPIC"], originals + resent + malformed)
+    publish(broker, env["VALORA_EVENTS_TOPIC"], [*originals, *resent, *malformed])
 
     out = run_cli(["worker", "--until-idle"], env)
     assert "accepted 1500" in out.stdout and "duplicates 101" in out.stdout and "dead_lettered 2" in out.stdout

@@ -88,9 +88,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     settings = _settings()
     if args.action == "up":
-        state = ds.dev_up(settings.state_dir, database_url=settings.database_url)
-        print(f"broker    {state.kafka_bootstrap}")
-        print(f"postgres  {state.database_url}{'  (embedded)' if state.postgres_embedded else ''}")
+        started = ds.dev_up(settings.state_dir, database_url=settings.database_url)
+        print(f"broker    {started.kafka_bootstrap}")
+        print(f"postgres  {started.database_url}{'  (embedded)' if started.postgres_embedded else ''}")
         print(f"state     {settings.state_dir / 'state.json'}")
     elif args.action == "down":
         for line in ds.dev_down(settings.state_dir) or ["nothing was running"]:
@@ -202,8 +202,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
         for t in totals:
             meters = ", ".join(f"{k} {v}" for k, v in t["meters"].items()) or "no usage"
-            print(f"{t['subscription']}  {t['customer']}  {t['period_start'][:10]} – {t['period_end'][:10]}  "
-                  f"{meters}  so far {format_minor(t['total_minor'], t['currency'])} {t['currency']}")
+            print(
+                f"{t['subscription']}  {t['customer']}  {t['period_start'][:10]} – {t['period_end'][:10]}  "
+                f"{meters}  so far {format_minor(t['total_minor'], t['currency'])} {t['currency']}"
+            )
     return 0
 
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,8 +14,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from invoicing.catalog import apply_catalog, parse_catalog
-from invoicing.close import close_due
 from invoicing.commands import (
     ConcurrentUpdate,
     InvoiceNotFound,
@@ -26,39 +23,14 @@ from invoicing.commands import (
     mark_uncollectible,
     void_invoice,
 )
-from invoicing.db import make_engine, upgrade
 from invoicing.lifecycle import IllegalTransition
 from schemas.errors import InvalidInput, ValoraError
 from tests.conftest import wait_for
-from tests.helpers import ISSUE_CATALOG
 
 pytestmark = pytest.mark.integration
 
-CLOSE_AT = datetime(2026, 2, 1, 1, tzinfo=UTC)
 NOW = datetime(2026, 3, 5, 9, 30, tzinfo=UTC)
 Command = Callable[..., dict[str, Any]]
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = make_engine(database_url, pool_size=8)
-    upgrade(eng)
-    apply_catalog(eng, parse_catalog(ISSUE_CATALOG))
-    try:
-        yield eng
-    finally:
-        eng.dispose()
-
-
-@pytest.fixture
-def issued_id(engine: Engine) -> str:
-    """The January invoice written (issued, numbered) by a period close."""
-    with warnings.catch_warnings():
-        # invoicing/close.py still calls Result.tuples(), deprecated in SQLAlchemy 2.1; not this module's to fix.
-        warnings.filterwarnings("ignore", r"The Result\.tuples\(\) method is deprecated", DeprecationWarning)
-        summary = close_due(engine, as_of=CLOSE_AT, grace=timedelta(hours=1), clock=lambda: CLOSE_AT)
-    assert summary.invoices == 1
-    return summary.invoice_ids[0]
 
 
 def insert_draft(engine: Engine, invoice_id: str, month: int) -> str:
@@ -272,25 +244,48 @@ def _waiting_on_a_lock(engine: Engine) -> bool:
     return bool(waiting)
 
 
-def test_compare_and_set_loses_to_a_write_after_the_read(engine: Engine, issued_id: str) -> None:
-    """Force the interleaving: our command reads "issued", another transaction commits "void" before our UPDATE."""
+def _lose_race(engine: Engine, invoice_id: str, command: Command, competing_sql: str) -> object:
+    """Force the interleaving: `command` reads the invoice, then `competing_sql` commits before its UPDATE.
+
+    The competing transaction holds the row lock, so the command's compare-and-set blocks; once the
+    competitor commits, Postgres re-checks `status = :expected` against the new row and updates nothing.
+    """
     other = engine.connect()
     tx = other.begin()
-    other.execute(text("UPDATE invoices SET status = 'void' WHERE id = :id"), {"id": issued_id})
+    other.execute(text(competing_sql), {"id": invoice_id})
     outcome: list[object] = []
     worker = threading.Thread(
-        target=lambda: outcome.append(_capture(lambda: mark_paid(engine, issued_id, now=NOW, actor="a", reason="r")))
+        target=lambda: outcome.append(_capture(lambda: command(engine, invoice_id, now=NOW, actor="a", reason="r")))
     )
     worker.start()
-    wait_for(lambda: _waiting_on_a_lock(engine), timeout_s=20, message="mark_paid never blocked on the row lock")
-    tx.commit()
-    other.close()
-    worker.join(timeout=30)
+    try:
+        wait_for(lambda: _waiting_on_a_lock(engine), timeout_s=20, message="the command never blocked on the row")
+    finally:
+        tx.commit()
+        other.close()
+        worker.join(timeout=30)
+    assert len(outcome) == 1
+    return outcome[0]
 
-    assert len(outcome) == 1 and isinstance(outcome[0], ConcurrentUpdate), outcome
-    assert outcome[0].code == "concurrent_update"
+
+def test_compare_and_set_loses_to_a_write_after_the_read(engine: Engine, issued_id: str) -> None:
+    lost = _lose_race(engine, issued_id, mark_paid, "UPDATE invoices SET status = 'void' WHERE id = :id")
+
+    assert isinstance(lost, ConcurrentUpdate), lost
+    assert lost.code == "concurrent_update"
     assert get_invoice(engine, issued_id)["status"] == "void"
     assert len(history_rows(engine, issued_id)) == 1  # the loser wrote nothing
+
+
+def test_an_issue_that_loses_the_race_gives_its_number_back(engine: Engine, issued_id: str) -> None:
+    draft = insert_draft(engine, "in_draft_feb", 2)
+    competitor = "UPDATE invoices SET status = 'issued', number = 'MANUAL-1', issued_at = now() WHERE id = :id"
+    lost = _lose_race(engine, draft, issue_invoice, competitor)
+
+    assert isinstance(lost, ConcurrentUpdate), lost
+    assert get_invoice(engine, draft)["number"] == "MANUAL-1"
+    with Session(engine) as session:  # the loser had bumped the sequence; the rollback took it back
+        assert session.scalar(select(m.InvoiceSequence.last_number).where(m.InvoiceSequence.year == 2026)) == 1
 
 
 def _capture(call: Callable[[], object]) -> object:

@@ -27,18 +27,18 @@ from invoicing.lifecycle import (
 )
 from schemas.errors import ValoraError
 
-I, IA = InvoiceStatus, InvoiceAction
+IS, IA = InvoiceStatus, InvoiceAction
 S, SA = SubscriptionStatus, SubscriptionAction
 
 # The invoice table from the specification, written out independently of the code.
 SPEC_INVOICE_MOVES = {
-    (I.DRAFT, IA.ISSUE): I.ISSUED,
-    (I.DRAFT, IA.VOID): I.VOID,
-    (I.ISSUED, IA.MARK_PAID): I.PAID,
-    (I.ISSUED, IA.VOID): I.VOID,
-    (I.ISSUED, IA.MARK_UNCOLLECTIBLE): I.UNCOLLECTIBLE,
-    (I.UNCOLLECTIBLE, IA.MARK_PAID): I.PAID,
-    (I.UNCOLLECTIBLE, IA.VOID): I.VOID,
+    (IS.DRAFT, IA.ISSUE): IS.ISSUED,
+    (IS.DRAFT, IA.VOID): IS.VOID,
+    (IS.ISSUED, IA.MARK_PAID): IS.PAID,
+    (IS.ISSUED, IA.VOID): IS.VOID,
+    (IS.ISSUED, IA.MARK_UNCOLLECTIBLE): IS.UNCOLLECTIBLE,
+    (IS.UNCOLLECTIBLE, IA.MARK_PAID): IS.PAID,
+    (IS.UNCOLLECTIBLE, IA.VOID): IS.VOID,
 }
 
 
@@ -56,14 +56,14 @@ def test_invoice_table_matches_the_specification(status: InvoiceStatus, action: 
 
 def test_illegal_transition_is_a_valora_error_with_its_parts() -> None:
     with pytest.raises(ValoraError) as caught:
-        advance_invoice(I.PAID, IA.VOID, subject="invoice in_9")
+        advance_invoice(IS.PAID, IA.VOID, subject="invoice in_9")
     err = caught.value
     assert isinstance(err, IllegalTransition)
     assert (err.subject, err.state, err.action) == ("invoice in_9", "paid", "void")
 
 
 def test_final_invoice_states_are_paid_and_void() -> None:
-    assert frozenset({I.PAID, I.VOID}) == FINAL_INVOICE_STATUSES
+    assert frozenset({IS.PAID, IS.VOID}) == FINAL_INVOICE_STATUSES
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,7 @@ def test_subscription_table_in_the_docstring_matches_the_code() -> None:
 
 
 def _reachable_invoice_statuses() -> set[InvoiceStatus]:
-    seen, todo = {I.DRAFT}, deque([I.DRAFT])
+    seen, todo = {IS.DRAFT}, deque([IS.DRAFT])
     while todo:
         status = todo.popleft()
         for action in InvoiceAction:
@@ -183,7 +183,7 @@ def test_every_subscription_status_and_flag_combination_is_reachable() -> None:
 
 @given(st.lists(st.sampled_from(InvoiceAction), max_size=12))
 def test_any_action_sequence_stays_in_the_invoice_machine(actions: list[InvoiceAction]) -> None:
-    status = I.DRAFT
+    status = IS.DRAFT
     for action in actions:
         legal = (status, action) in SPEC_INVOICE_MOVES
         try:
@@ -202,8 +202,8 @@ class InvoiceMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.status = I.DRAFT
-        self.visited: list[InvoiceStatus] = [I.DRAFT]
+        self.status = IS.DRAFT
+        self.visited: list[InvoiceStatus] = [IS.DRAFT]
 
     @rule(action=st.sampled_from(InvoiceAction))
     def act(self, action: InvoiceAction) -> None:
@@ -229,7 +229,7 @@ class InvoiceMachine(RuleBasedStateMachine):
 
     @invariant()
     def never_back_to_draft(self) -> None:
-        assert I.DRAFT not in self.visited[1:]
+        assert IS.DRAFT not in self.visited[1:]
 
 
 class SubscriptionMachine(RuleBasedStateMachine):

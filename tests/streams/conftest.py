@@ -45,6 +45,7 @@ import pytest
 from confluent_kafka import Producer
 from sqlalchemy.engine import make_url
 
+from streams.worker import ensure_topics
 from tests.conftest import wait_for
 from tests.helpers import cli_env, run_cli, write_json
 
@@ -142,6 +143,7 @@ class Workload:
     accepted: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    other_events: int = 0  # unique events a test added by hand (e.g. CloudEvents), not in `sent`
     _next_id: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def __post_init__(self) -> None:
@@ -198,7 +200,7 @@ class Workload:
 
     @property
     def unique_events(self) -> int:
-        return len(self.sent)
+        return len(self.sent) + self.other_events
 
 
 # --- the stack under test ----------------------------------------------------------------
@@ -228,6 +230,10 @@ class Stack:
     def setup(self, catalog: dict[str, Any]) -> None:
         run_cli(["db", "upgrade"], self.env)
         run_cli(["catalog", "apply", str(write_json(self.tmp_path / "catalog.json", catalog))], self.env)
+        # create the topics up front with the configured partition count (records are produced
+        # before or while the worker starts, and broker auto-creation would pick its own count)
+        n = int(self.env["VALORA_TOPIC_PARTITIONS"])
+        ensure_topics(self.broker, {self.topic: n, self.dlq_topic: n})
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.libpq_url, autocommit=True, connect_timeout=5)
@@ -261,6 +267,9 @@ class Stack:
 
     def event_counts_by_org(self) -> dict[str, int]:
         return {o: int(n) for o, n in self._query("SELECT organization_id, count(*) FROM events GROUP BY 1")}
+
+    def partitions_used(self) -> set[int]:
+        return {int(p) for (p,) in self._query("SELECT DISTINCT source_partition FROM events")}
 
     def wait_received(self, target: int, timeout_s: float, message: str = "") -> None:
         """Wait until every one of `target` records is accounted for in consumer_offsets."""

@@ -20,20 +20,39 @@ pytestmark = pytest.mark.integration
 CATALOG: dict[str, Any] = copy.deepcopy(ISSUE_CATALOG)
 CATALOG["meters"] += [
     {"organization": "acme", "key": "peak_gb", "event_type": "storage", "aggregation": "max", "value_property": "gb"},
-    {"organization": "acme", "key": "users", "event_type": "login", "aggregation": "unique_count",
-     "value_property": "user.id", "filters": {"region": ["eu", "us"]}},
+    {
+        "organization": "acme",
+        "key": "users",
+        "event_type": "login",
+        "aggregation": "unique_count",
+        "value_property": "user.id",
+        "filters": {"region": ["eu", "us"]},
+    },
     {"organization": "acme", "key": "seats", "event_type": "seats", "aggregation": "latest", "value_property": "n"},
 ]
-CATALOG["plans"].append({"organization": "acme", "code": "mixed", "currency": "USD", "interval": "month", "charges": [
-    {"key": "calls", "meter": "api_calls", "model": "graduated", "tiers": [
-        {"up_to": "2", "unit_amount": "1"}, {"up_to": None, "unit_amount": "0.5"}]},
-    {"key": "gb", "meter": "peak_gb", "model": "per_unit", "unit_amount": "0.1"},
-    {"key": "users", "meter": "users", "model": "per_unit", "unit_amount": "2"},
-    {"key": "seats", "meter": "seats", "model": "per_unit", "unit_amount": "10"},
-]})
+CATALOG["plans"].append(
+    {
+        "organization": "acme",
+        "code": "mixed",
+        "currency": "USD",
+        "interval": "month",
+        "charges": [
+            {
+                "key": "calls",
+                "meter": "api_calls",
+                "model": "graduated",
+                "tiers": [{"up_to": "2", "unit_amount": "1"}, {"up_to": None, "unit_amount": "0.5"}],
+            },
+            {"key": "gb", "meter": "peak_gb", "model": "per_unit", "unit_amount": "0.1"},
+            {"key": "users", "meter": "users", "model": "per_unit", "unit_amount": "2"},
+            {"key": "seats", "meter": "seats", "model": "per_unit", "unit_amount": "10"},
+        ],
+    }
+)
 CATALOG["customers"].append({"organization": "acme", "id": "cus_2", "name": "Initech"})
-CATALOG["subscriptions"].append({"organization": "acme", "id": "sub_2", "customer": "cus_2", "plan": "mixed",
-                                 "start": "2026-01-01T00:00:00Z"})
+CATALOG["subscriptions"].append(
+    {"organization": "acme", "id": "sub_2", "customer": "cus_2", "plan": "mixed", "start": "2026-01-01T00:00:00Z"}
+)
 
 
 def _ev(i: str, type_: str, time: str, **props: Any) -> tuple[bytes, bytes]:
@@ -41,8 +60,17 @@ def _ev(i: str, type_: str, time: str, **props: Any) -> tuple[bytes, bytes]:
 
 
 def _cloud(i: str, source: str, time: str) -> tuple[bytes, bytes]:
-    return b"acme", json.dumps({"specversion": "1.0", "id": i, "source": source, "type": "api_request",
-                                "subject": "cus_2", "time": time, "data": {}}).encode()
+    return b"acme", json.dumps(
+        {
+            "specversion": "1.0",
+            "id": i,
+            "source": source,
+            "type": "api_request",
+            "subject": "cus_2",
+            "time": time,
+            "data": {},
+        }
+    ).encode()
 
 
 def _usage(env: dict[str, str], at: str) -> dict[str, Any]:
@@ -56,8 +84,9 @@ def _invoice(env: dict[str, str], period_start: str) -> dict[str, Any]:
     return inv  # type: ignore[no-any-return]
 
 
-def test_aggregations_running_totals_and_late_usage(broker: str, database_url: str, topic_prefix: str,
-                                                    tmp_path: Path) -> None:
+def test_aggregations_running_totals_and_late_usage(
+    broker: str, database_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
     env = cli_env(broker, database_url, topic_prefix)
     run_cli(["db", "upgrade"], env)
     run_cli(["catalog", "apply", str(write_json(tmp_path / "catalog.json", CATALOG))], env)
@@ -91,15 +120,21 @@ def test_aggregations_running_totals_and_late_usage(broker: str, database_url: s
     assert january["total_minor"] == running["total_minor"] == 6050
 
     # Late January usage and February usage arrive after January closed.
-    publish(broker, env["VALORA_EVENTS_TOPIC"], [
-        _ev("late1", "api_request", "2026-01-30T00:00:00Z"),
-        _ev("late2", "api_request", "2026-01-31T23:59:59Z"),
-        _ev("f1", "api_request", "2026-02-01T00:00:00Z"),  # on the boundary: February
-    ])
+    publish(
+        broker,
+        env["VALORA_EVENTS_TOPIC"],
+        [
+            _ev("late1", "api_request", "2026-01-30T00:00:00Z"),
+            _ev("late2", "api_request", "2026-01-31T23:59:59Z"),
+            _ev("f1", "api_request", "2026-02-01T00:00:00Z"),  # on the boundary: February
+        ],
+    )
     run_cli(["worker", "--until-idle"], env)
     late = json.loads(run_cli(["usage", "--org", "acme", "--late", "--json"], env).stdout)
     assert [(r["event"], r["meter"], r["billed_on_invoice"]) for r in late] == [
-        ("late1", "api_calls", None), ("late2", "api_calls", None)]
+        ("late1", "api_calls", None),
+        ("late2", "api_calls", None),
+    ]
     assert _invoice(env, "2026-01-01T00:00:00Z") == january  # a closed invoice never changes
 
     run_cli(["close", "--as-of", "2026-03-01T01:00:00Z"], env)
@@ -107,7 +142,8 @@ def test_aggregations_running_totals_and_late_usage(broker: str, database_url: s
     adjustments = [line for line in february["lines"] if line["kind"] == "adjustment"]
     # Two more calls in January, priced where they fall: the tier above 2 units at $0.50 each.
     assert [(a["charge"], a["amount_minor"], a["service_start"]) for a in adjustments] == [
-        ("calls", 100, "2026-01-01T00:00:00Z")]
+        ("calls", 100, "2026-01-01T00:00:00Z")
+    ]
     assert "2026-01-01" in adjustments[0]["description"]
     billed = json.loads(run_cli(["usage", "--org", "acme", "--late", "--json"], env).stdout)
     assert {r["billed_on_invoice"] for r in billed} == {february["id"]}

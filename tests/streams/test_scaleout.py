@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import pytest
 
-from streams.worker import ensure_topics
 from tests.conftest import wait_for
 from tests.streams.conftest import (
     PacedPublisher,
@@ -43,9 +42,8 @@ def test_workers_join_and_leave_under_load_and_count_everything_once(
 
     # small batches so a wave spans many batches and a rebalance lands in the middle of the flow
     stack = stack_factory(VALORA_TOPIC_PARTITIONS="6", VALORA_BATCH_MAX="200")
-    tenants = make_tenants(20)  # 20 keys over 6 partitions: every partition gets records
-    stack.setup(make_catalog(tenants))
-    ensure_topics(stack.broker, {stack.topic: 6, stack.dlq_topic: 6})
+    tenants = make_tenants(20)
+    stack.setup(make_catalog(tenants))  # also creates the 6-partition topic (ensure_topics)
     work = Workload(tenants, seed=3)
 
     def flow(n_valid: int, n_dup: int) -> PacedPublisher:
@@ -66,6 +64,7 @@ def test_workers_join_and_leave_under_load_and_count_everything_once(
         shares = {wp.name: share(wp) for wp in (w1, w2)}
         mark(f"shares {shares}")
         assert all(shares.values()), f"both workers of the group should have had partitions: {shares}"
+        assert stack.partitions_used() == set(range(6)), "the tenants' keys should cover every partition"
 
         w3 = workers.start(stack.env, "w3", metrics=True)
         mark("w3 started")
