@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
+from rating.periods import period_containing
 from schemas import catalog as c
 from schemas.errors import InvalidInput, InvalidPlan
 from schemas.plans import Plan, load_plan
@@ -125,15 +126,15 @@ class _Known:
 
 
 def _known(cat: ParsedCatalog, session: Session) -> _Known:
-    currency = {org: cur for org, cur in session.execute(select(m.Organization.id, m.Organization.currency)).tuples()}
+    currency = {org: cur for org, cur in session.execute(select(m.Organization.id, m.Organization.currency))}
     currency.update({o.id: o.currency for o in cat.organizations})
     return _Known(
         currency=currency,
-        meters=set(session.execute(select(m.Meter.organization_id, m.Meter.key)).tuples())
+        meters=set(session.execute(select(m.Meter.organization_id, m.Meter.key)))
         | {(x.organization, x.key) for x in cat.meters},
-        customers=set(session.execute(select(m.Customer.organization_id, m.Customer.id)).tuples())
+        customers=set(session.execute(select(m.Customer.organization_id, m.Customer.id)))
         | {(x.organization, x.id) for x in cat.customers},
-        plans=set(session.execute(select(m.Plan.organization_id, m.Plan.code)).tuples())
+        plans=set(session.execute(select(m.Plan.organization_id, m.Plan.code)))
         | {(org, p.code) for org, p in cat.plans},
     )
 
@@ -167,11 +168,12 @@ def _check_references(cat: ParsedCatalog, session: Session) -> None:
             raise InvalidCatalog(f"{label}: unknown plan {sub.plan!r}")
 
 
-def _upsert(session: Session, table: type[m.Base], rows: Sequence[dict[str, Any]], keys: list[str]) -> None:
+def _upsert(session: Session, table: type[m.Base], rows: Sequence[dict[str, Any]], keys: list[str],
+            insert_only: frozenset[str] = frozenset()) -> None:
     if not rows:
         return
     stmt = insert(table).values(list(rows))
-    updates = {col: stmt.excluded[col] for col in rows[0] if col not in keys}
+    updates = {col: stmt.excluded[col] for col in rows[0] if col not in keys and col not in insert_only}
     session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates))
 
 
@@ -230,21 +232,40 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog) -> dict[str, int]:
             [{"organization_id": x.organization, "id": x.id, "name": x.name} for x in cat.customers],
             ["organization_id", "id"],
         )
+        plans = {(org, p.code): p for org, p in cat.plans}
+        plans.update(_stored_plans(session, {(s.organization, s.plan) for s in cat.subscriptions} - set(plans)))
         _upsert(
             session,
             m.Subscription,
-            [
-                {
-                    "organization_id": s.organization,
-                    "id": s.id,
-                    "customer_id": s.customer,
-                    "plan_code": s.plan,
-                    "start_at": s.start,
-                    "billing_anchor": s.billing_anchor or s.start,
-                    "end_at": s.end,
-                }
-                for s in cat.subscriptions
-            ],
+            [_subscription_row(s, plans[(s.organization, s.plan)]) for s in cat.subscriptions],
             ["organization_id", "id"],
+            insert_only=frozenset({"next_period_start", "next_close_at", "close_attempts"}),
         )
     return cat.counts()
+
+
+def _stored_plans(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Plan]:
+    out = {}
+    for org, code in keys:
+        row = session.get(m.Plan, (org, code))
+        if row is not None:
+            out[(org, code)] = load_plan(row.spec)
+    return out
+
+
+def _subscription_row(s: c.Subscription, plan: Plan) -> dict[str, Any]:
+    """A subscription row; a new one's close cursor starts at the period containing its start."""
+    anchor = s.billing_anchor or s.start
+    first = period_containing(anchor, plan.interval, s.start, plan.interval_count)
+    return {
+        "organization_id": s.organization,
+        "id": s.id,
+        "customer_id": s.customer,
+        "plan_code": s.plan,
+        "start_at": s.start,
+        "billing_anchor": anchor,
+        "end_at": s.end,
+        "next_period_start": first.start,
+        "next_close_at": first.end,
+        "close_attempts": 0,
+    }

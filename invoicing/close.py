@@ -1,35 +1,46 @@
 """Period close: rate every billing period that has ended and write its invoice.
 
-A period [start, end) is due once `end <= as_of - grace`. Each (subscription,
-period) closes in its own transaction, which:
+Each subscription carries a cursor: `next_period_start` and `next_close_at` (that
+period's end). A period is due once `next_close_at <= cutoff`, where
+`cutoff = as_of − late grace`. Closing works in batches, each one transaction that:
 
-1. claims the subscription row (`FOR UPDATE SKIP LOCKED`, so concurrent closers
-   never double-bill and never wait on each other),
-2. skips the period if its invoice exists (re-running a close changes nothing),
-3. marks the period's usage totals closed (creating zero rows for unused meters)
-   and reads the final quantities in the same statement, so an event the worker
-   commits afterwards is diverted to late usage instead of being lost,
-4. rates with `rating.rate_plan`, adds adjustment lines for late usage of earlier
-   periods, and inserts the invoice with the next gapless number.
+1. claims up to `limit` due subscriptions with `FOR UPDATE SKIP LOCKED`, so any
+   number of closers (CLI runs, schedulers) can run at once without waiting on each
+   other or invoicing a period twice;
+2. marks the claimed periods' usage totals closed (creating zero rows for unused
+   meters) and reads their final quantities in the same statement, so an event the
+   worker commits afterwards becomes late usage instead of being lost;
+3. rates each period with `rating.rate_plan`, adds adjustment lines for late usage of
+   earlier periods, and writes the invoices with the next gapless numbers;
+4. advances each cursor by one period.
+
+A period whose rating fails does not block the batch: it gets a `close_failures`
+record and a retry time with exponential backoff, and the rest is invoiced.
+Re-running a close changes nothing: the cursor and the unique
+(organization, subscription, period_start) key both say the period is done.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, text, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from rating import RatedLine, from_minor, rate_charge, rate_plan
-from rating.periods import Period, period_containing
+from invoicing.numbering import format_number, reserve_numbers
+from rating import Period, RatedLine, from_minor, period_containing, rate_charge, rate_plan
 from schemas.plans import Plan, load_plan
+
+RETRY_BASE = timedelta(seconds=30)
+RETRY_MAX = timedelta(hours=6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +60,20 @@ class BilledLine:
 
     @classmethod
     def from_rated(cls, line: RatedLine, period: Period) -> BilledLine:
-        details = {"tiers": [{k: str(v) for k, v in asdict(t).items()} for t in line.tiers]} if line.tiers else None
+        details = None
+        if line.tiers:
+            details = {
+                "tiers": [
+                    {
+                        "tier": t.tier,
+                        "quantity": str(t.quantity),
+                        "unit_amount": str(t.unit_amount),
+                        "flat_amount": str(t.flat_amount),
+                        "amount": str(t.amount),
+                    }
+                    for t in line.tiers
+                ]
+            }
         return cls(
             line.line_key,
             line.charge,
@@ -67,9 +91,19 @@ class BilledLine:
 @dataclass
 class CloseSummary:
     invoices: int = 0
-    skipped_existing: int = 0
-    skipped_locked: int = 0
+    failed: int = 0
+    ended: int = 0
+    batches: int = 0
     invoice_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: CloseSummary) -> None:
+        self.invoices += other.invoices
+        self.failed += other.failed
+        self.ended += other.ended
+        self.batches += other.batches
+        self.invoice_ids += other.invoice_ids
+        self.errors += other.errors
 
 
 def invoice_id(org: str, subscription: str, period_start: datetime) -> str:
@@ -78,198 +112,326 @@ def invoice_id(org: str, subscription: str, period_start: datetime) -> str:
     return f"in_{digest[:24]}"
 
 
-def due_periods(sub: m.Subscription, plan: Plan, cutoff: datetime) -> Iterator[Period]:
-    """Periods of a subscription that ended at or before the cutoff, oldest first."""
-    period = period_containing(sub.billing_anchor, plan.interval, sub.start_at, plan.interval_count)
-    while period.end <= cutoff and (sub.end_at is None or period.start < sub.end_at):
-        yield period
-        period = period_containing(sub.billing_anchor, plan.interval, period.end, plan.interval_count)
+@dataclass
+class _Item:
+    sub: m.Subscription
+    plan: Plan
+    period: Period
+    invoice_id: str
+    lines: list[BilledLine] = field(default_factory=list)
 
 
-def close_due(
-    engine: Engine, *, as_of: datetime, grace: timedelta, clock: Callable[[], datetime], organization: str | None = None
-) -> CloseSummary:
-    """Close every due period of every subscription (optionally of one organization)."""
-    cutoff = as_of - grace
-    summary = CloseSummary()
-    with Session(engine) as session:
-        query = select(m.Subscription).order_by(m.Subscription.organization_id, m.Subscription.id)
-        if organization is not None:
-            query = query.where(m.Subscription.organization_id == organization)
-        subs = list(session.scalars(query))
-        plans = {(p.organization_id, p.code): load_plan(p.spec) for p in session.scalars(select(m.Plan))}
-        done = set(
-            session.execute(
-                select(m.Invoice.subscription_id, m.Invoice.organization_id, m.Invoice.period_start)
-            ).tuples()
-        )
-    for sub in subs:
-        plan = plans[(sub.organization_id, sub.plan_code)]
-        for period in due_periods(sub, plan, cutoff):
-            if (sub.id, sub.organization_id, period.start) in done:
-                summary.skipped_existing += 1
-                continue
-            outcome = close_period(engine, sub.organization_id, sub.id, period, issued_at=clock())
-            if outcome is None:
-                summary.skipped_locked += 1
-            elif outcome == "exists":
-                summary.skipped_existing += 1
-            else:
-                summary.invoices += 1
-                summary.invoice_ids.append(outcome)
-    return summary
+def _claim(
+    session: Session, cutoff: datetime, now: datetime, limit: int, organization: str | None
+) -> list[m.Subscription]:
+    query = (
+        session.query(m.Subscription)
+        .filter(m.Subscription.next_close_at <= cutoff)
+        .filter((m.Subscription.close_retry_at.is_(None)) | (m.Subscription.close_retry_at <= now))
+    )
+    if organization is not None:
+        query = query.filter(m.Subscription.organization_id == organization)
+    return (
+        query.order_by(m.Subscription.next_close_at, m.Subscription.organization_id, m.Subscription.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .all()
+    )
 
 
-def _close_totals(session: Session, sub: m.Subscription, plan: Plan, period: Period) -> dict[str, Decimal]:
-    meters = sorted({ch.meter for ch in plan.charges if ch.meter})
-    if not meters:
-        return {}
-    rows = session.execute(
+def _close_totals(session: Session, items: list[_Item]) -> dict[tuple[str, str], dict[str, Decimal]]:
+    """Mark the items' usage rows closed and return their final quantities per (org, subscription)."""
+    rows = [
+        (i.sub.organization_id, i.sub.id, meter, i.period.start, i.period.end)
+        for i in items
+        for meter in sorted({ch.meter for ch in i.plan.charges if ch.meter})
+    ]
+    usage: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(dict)
+    if not rows:
+        return usage
+    cols = [list(col) for col in zip(*rows, strict=True)]
+    result = session.execute(
         text(
             "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, period_end, "
-            "quantity, event_count, closed) SELECT :org, :sub, mk, :ps, :pe, 0, 0, true "
-            "FROM unnest(CAST(:meters AS text[])) AS mk "
+            "quantity, event_count, closed) SELECT o, s, mk, ps, pe, 0, 0, true FROM unnest(CAST(:o AS text[]), "
+            "CAST(:s AS text[]), CAST(:mk AS text[]), CAST(:ps AS timestamptz[]), CAST(:pe AS timestamptz[])) "
+            "AS u(o, s, mk, ps, pe) "
             "ON CONFLICT (organization_id, subscription_id, meter_key, period_start) DO UPDATE SET closed = true "
-            "RETURNING meter_key, quantity"
+            "RETURNING organization_id, subscription_id, meter_key, quantity"
         ),
-        {"org": sub.organization_id, "sub": sub.id, "ps": period.start, "pe": period.end, "meters": meters},
+        {"o": cols[0], "s": cols[1], "mk": cols[2], "ps": cols[3], "pe": cols[4]},
     )
-    return {mk: q for mk, q in rows.tuples()}
+    for org, sub, meter, qty in result:
+        usage[(org, sub)][meter] = qty
+    return usage
 
 
-def _late_lines(session: Session, sub: m.Subscription, plan: Plan, inv_id: str) -> list[BilledLine]:
-    """Adjustment lines for usage that arrived after its period was invoiced.
+def _late_lines(session: Session, items: list[_Item]) -> dict[str, list[BilledLine]]:
+    """Adjustment lines for usage that arrived after its period was invoiced, per invoice id.
 
     The adjustment is what the late usage adds to the charge's billed amount in its own
     period: billed(final + late) − billed(final), in minor units, so tiers, free units
     and minimums stay exact and the two invoices together equal one on-time invoice.
     """
-    late = (
-        session.execute(
+    by_sub = {(i.sub.organization_id, i.sub.id): i for i in items}
+    keys = list(by_sub)
+    late = session.execute(
+        text(
+            "UPDATE late_usage l SET billed_invoice_id = u.inv FROM unnest(CAST(:o AS text[]), CAST(:s AS text[]), "
+            "CAST(:inv AS text[])) AS u(o, s, inv) WHERE l.organization_id = u.o AND l.subscription_id = u.s "
+            "AND l.billed_invoice_id IS NULL "
+            "RETURNING l.organization_id, l.subscription_id, l.meter_key, l.period_start, l.period_end, l.value"
+        ),
+        {"o": [k[0] for k in keys], "s": [k[1] for k in keys], "inv": [by_sub[k].invoice_id for k in keys]},
+    ).all()
+    grouped: dict[tuple[str, str, datetime, datetime, str], Decimal] = defaultdict(Decimal)
+    for org, sub, meter, ps, pe, value in late:
+        grouped[(org, sub, ps, pe, meter)] += value
+    out: dict[str, list[BilledLine]] = defaultdict(list)
+    for (org, sub, ps, pe, meter), extra in sorted(grouped.items()):
+        item = by_sub[(org, sub)]
+        base = session.execute(
             text(
-                "UPDATE late_usage SET billed_invoice_id = :inv "
-                "WHERE organization_id = :org AND subscription_id = :sub AND billed_invoice_id IS NULL "
-                "RETURNING meter_key, period_start, period_end, value"
+                "SELECT quantity FROM usage_totals WHERE organization_id = :o AND subscription_id = :s "
+                "AND meter_key = :mk AND period_start = :ps"
             ),
-            {"inv": inv_id, "org": sub.organization_id, "sub": sub.id},
-        )
-        .tuples()
-        .all()
-    )
-    grouped: dict[tuple[datetime, datetime, str], Decimal] = defaultdict(Decimal)
-    for meter, ps, pe, value in late:
-        grouped[(ps, pe, meter)] += value
-    lines: list[BilledLine] = []
-    for (ps, pe, meter), extra in sorted(grouped.items()):
-        base = session.scalar(
-            select(m.UsageTotal.quantity).where(
-                m.UsageTotal.organization_id == sub.organization_id,
-                m.UsageTotal.subscription_id == sub.id,
-                m.UsageTotal.meter_key == meter,
-                m.UsageTotal.period_start == ps,
-            )
-        ) or Decimal(0)
-        for charge in plan.charges:
+            {"o": org, "s": sub, "mk": meter, "ps": ps},
+        ).scalar()
+        base = base if base is not None else Decimal(0)
+        for charge in item.plan.charges:
             if charge.meter != meter:
                 continue
-            before = sum(line.amount_minor for line in rate_charge(charge, base, plan.currency))
-            after = sum(line.amount_minor for line in rate_charge(charge, base + extra, plan.currency))
-            lines.append(
+            before = sum(line.amount_minor for line in rate_charge(charge, base, item.plan.currency))
+            after = sum(line.amount_minor for line in rate_charge(charge, base + extra, item.plan.currency))
+            out[item.invoice_id].append(
                 BilledLine(
                     line_key=f"late:{ps:%Y%m%dT%H%M%S}:{charge.key}",
                     charge=charge.key,
                     kind="adjustment",
                     quantity=extra,
-                    amount=from_minor(after - before, plan.currency),
+                    amount=from_minor(after - before, item.plan.currency),
                     amount_minor=after - before,
                     description=f"Late usage for {ps:%Y-%m-%d} – {pe:%Y-%m-%d}: {extra} more {meter}",
                     service_start=ps,
                     service_end=pe,
                 )
             )
-    return lines
+    return out
 
 
-def _next_number(session: Session, org: m.Organization, year: int) -> str:
-    seq = session.execute(
-        text(
-            "INSERT INTO invoice_sequences (organization_id, year, last_number) VALUES (:org, :year, 1) "
-            "ON CONFLICT (organization_id, year) DO UPDATE SET last_number = invoice_sequences.last_number + 1 "
-            "RETURNING last_number"
-        ),
-        {"org": org.id, "year": year},
-    ).scalar_one()
-    return f"{org.invoice_prefix}-{year}-{seq:06d}"
+def _numbers(session: Session, items: list[_Item], orgs: dict[str, m.Organization], year: int) -> dict[str, str]:
+    """Gapless numbers for the batch, in item order within each organization."""
+    per_org: dict[str, list[_Item]] = defaultdict(list)
+    for item in items:
+        per_org[item.sub.organization_id].append(item)
+    firsts = reserve_numbers(session, {org: len(its) for org, its in per_org.items()}, year)
+    return {
+        item.invoice_id: format_number(orgs[org].invoice_prefix, year, firsts[org] + offset)
+        for org, its in per_org.items()
+        for offset, item in enumerate(its)
+    }
 
 
-def close_period(engine: Engine, org_id: str, sub_id: str, period: Period, *, issued_at: datetime) -> str | None:
-    """Close one period; returns the invoice id, "exists", or None when another closer holds it."""
+_INVOICE_COLS = (
+    "id",
+    "organization_id",
+    "number",
+    "customer_id",
+    "subscription_id",
+    "status",
+    "currency",
+    "period_start",
+    "period_end",
+    "issued_at",
+    "due_at",
+    "subtotal_minor",
+    "total_minor",
+)
+_LINE_COLS = (
+    "invoice_id",
+    "line_key",
+    "position",
+    "charge",
+    "kind",
+    "description",
+    "quantity",
+    "amount",
+    "amount_minor",
+    "service_start",
+    "service_end",
+    "details",
+)
+_HISTORY_COLS = ("invoice_id", "seq", "from_status", "to_status", "at", "reason", "actor")
+
+
+def _write_invoices(session: Session, items: list[_Item], orgs: dict[str, m.Organization], issued_at: datetime) -> None:
+    """COPY the batch's invoices, lines and first history rows (inside the batch's transaction)."""
+    numbers = _numbers(session, items, orgs, issued_at.year)
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        with cur.copy(f"COPY invoices ({', '.join(_INVOICE_COLS)}) FROM STDIN") as copy:
+            for item in items:
+                sub, total = item.sub, sum(line.amount_minor for line in item.lines)
+                due = issued_at + timedelta(days=orgs[sub.organization_id].payment_terms_days)
+                copy.write_row(
+                    (
+                        item.invoice_id,
+                        sub.organization_id,
+                        numbers[item.invoice_id],
+                        sub.customer_id,
+                        sub.id,
+                        "issued",
+                        item.plan.currency,
+                        item.period.start,
+                        item.period.end,
+                        issued_at,
+                        due,
+                        total,
+                        total,
+                    )
+                )
+        with cur.copy(f"COPY invoice_lines ({', '.join(_LINE_COLS)}) FROM STDIN") as copy:
+            for item in items:
+                for pos, line in enumerate(item.lines, start=1):
+                    copy.write_row(
+                        (
+                            item.invoice_id,
+                            line.line_key,
+                            pos,
+                            line.charge,
+                            line.kind,
+                            line.description,
+                            line.quantity,
+                            line.amount,
+                            line.amount_minor,
+                            line.service_start,
+                            line.service_end,
+                            None if line.details is None else json.dumps(line.details),
+                        )
+                    )
+        with cur.copy(f"COPY invoice_status_history ({', '.join(_HISTORY_COLS)}) FROM STDIN") as copy:
+            for item in items:
+                copy.write_row((item.invoice_id, 1, None, "issued", issued_at, "period closed", "close"))
+
+
+def _advance(sub: m.Subscription, plan: Plan) -> None:
+    """Move the cursor one period on; none is left once a period starts at or after the end."""
+    assert sub.next_close_at is not None
+    nxt = period_containing(sub.billing_anchor, plan.interval, sub.next_close_at, plan.interval_count)
+    sub.next_period_start = nxt.start
+    sub.next_close_at = None if sub.end_at is not None and nxt.start >= sub.end_at else nxt.end
+    sub.close_attempts = 0
+    sub.close_retry_at = None
+
+
+def _record_failure(session: Session, item: _Item, exc: Exception, now: datetime) -> str:
+    sub = item.sub
+    sub.close_attempts += 1
+    delay = min(RETRY_BASE * 2 ** (sub.close_attempts - 1), RETRY_MAX)
+    sub.close_retry_at = now + delay
+    message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    session.merge(
+        m.CloseFailure(
+            organization_id=sub.organization_id,
+            subscription_id=sub.id,
+            period_start=item.period.start,
+            attempts=sub.close_attempts,
+            error=message,
+            failed_at=now,
+            retry_at=sub.close_retry_at,
+        )
+    )
+    return f"{sub.organization_id}/{sub.id} {item.period.start:%Y-%m-%d}: {message}"
+
+
+def close_batch(
+    engine: Engine,
+    *,
+    cutoff: datetime,
+    issued_at: datetime,
+    now: datetime,
+    limit: int = 500,
+    organization: str | None = None,
+    statement_timeout_ms: int | None = None,
+    plans: dict[tuple[str, str], Plan] | None = None,
+) -> CloseSummary:
+    """Claim and close up to `limit` due periods in one transaction (see the module docstring)."""
+    summary = CloseSummary(batches=1)
+    plan_cache = plans if plans is not None else {}
     with Session(engine) as session, session.begin():
-        sub = session.scalars(
-            select(m.Subscription)
-            .where(m.Subscription.organization_id == org_id, m.Subscription.id == sub_id)
-            .with_for_update(skip_locked=True)
-        ).one_or_none()
-        if sub is None:
-            return None
-        inv_id = invoice_id(org_id, sub_id, period.start)
-        if session.get(m.Invoice, inv_id) is not None:
-            return "exists"
-        org = session.get_one(m.Organization, org_id)
-        plan = load_plan(session.get_one(m.Plan, (org_id, sub.plan_code)).spec)
-        usage = _close_totals(session, sub, plan, period)
-        rated = rate_plan(plan, usage, period, active_from=sub.start_at, active_until=sub.end_at)
-        lines = [BilledLine.from_rated(line, period) for line in rated.lines]
-        lines += _late_lines(session, sub, plan, inv_id)
-        subtotal = sum(line.amount_minor for line in lines)
-        session.add(
-            m.Invoice(
-                id=inv_id,
-                organization_id=org_id,
-                number=_next_number(session, org, issued_at.year),
-                customer_id=sub.customer_id,
-                subscription_id=sub_id,
-                status="issued",
-                currency=plan.currency,
-                period_start=period.start,
-                period_end=period.end,
-                issued_at=issued_at,
-                due_at=issued_at + timedelta(days=org.payment_terms_days),
-                subtotal_minor=subtotal,
-                total_minor=subtotal,
-            )
-        )
-        session.flush()
-        session.add_all(_line_rows(inv_id, lines, period))
-        session.add(
-            m.InvoiceStatusChange(
-                invoice_id=inv_id,
-                seq=1,
-                from_status=None,
-                to_status="issued",
-                at=issued_at,
-                reason="period closed",
-                actor="close",
-            )
-        )
-    return inv_id
+        if statement_timeout_ms is not None:
+            session.execute(text(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}"))
+        subs = _claim(session, cutoff, now, limit, organization)
+        if not subs:
+            summary.batches = 0
+            return summary
+        orgs = {
+            o.id: o
+            for o in session.query(m.Organization).filter(m.Organization.id.in_({s.organization_id for s in subs}))
+        }
+        missing = {(s.organization_id, s.plan_code) for s in subs} - set(plan_cache)
+        if missing:
+            for row in session.query(m.Plan).filter(tuple_(m.Plan.organization_id, m.Plan.code).in_(missing)):
+                plan_cache[(row.organization_id, row.code)] = load_plan(row.spec)
+        items: list[_Item] = []
+        for sub in subs:
+            plan = plan_cache[(sub.organization_id, sub.plan_code)]
+            if sub.end_at is not None and sub.next_period_start >= sub.end_at:
+                sub.next_close_at = None
+                summary.ended += 1
+                continue
+            period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
+            items.append(_Item(sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start)))
+        usage = _close_totals(session, items)
+        late = _late_lines(session, items) if items else {}
+        rated: list[_Item] = []
+        for item in items:
+            try:
+                result = rate_plan(
+                    item.plan,
+                    usage[(item.sub.organization_id, item.sub.id)],
+                    item.period,
+                    active_from=item.sub.start_at,
+                    active_until=item.sub.end_at,
+                )
+            except Exception as exc:  # one poison item must not block the rest: record it, retry later
+                summary.errors.append(_record_failure(session, item, exc, now))
+                summary.failed += 1
+                continue
+            item.lines = [BilledLine.from_rated(line, item.period) for line in result.lines]
+            item.lines += late.get(item.invoice_id, [])
+            rated.append(item)
+            _advance(item.sub, item.plan)
+        if rated:
+            _write_invoices(session, rated, orgs, issued_at)
+        summary.invoices = len(rated)
+        summary.invoice_ids = [i.invoice_id for i in rated]
+    return summary
 
 
-def _line_rows(inv_id: str, lines: list[BilledLine], period: Period) -> list[m.InvoiceLine]:
-    return [
-        m.InvoiceLine(
-            invoice_id=inv_id,
-            line_key=line.line_key,
-            position=pos,
-            charge=line.charge,
-            kind=line.kind,
-            description=line.description,
-            quantity=line.quantity,
-            amount=line.amount,
-            amount_minor=line.amount_minor,
-            service_start=line.service_start,
-            service_end=line.service_end,
-            details=line.details,
+def close_due(
+    engine: Engine,
+    *,
+    as_of: datetime,
+    grace: timedelta,
+    clock: Callable[[], datetime],
+    organization: str | None = None,
+    limit: int = 500,
+) -> CloseSummary:
+    """Close every period due at `as_of`, batch after batch, until none is left to claim now."""
+    total = CloseSummary()
+    plans: dict[tuple[str, str], Plan] = {}
+    while True:
+        now = clock()
+        batch = close_batch(
+            engine, cutoff=as_of - grace, issued_at=now, now=now, limit=limit, organization=organization, plans=plans
         )
-        for pos, line in enumerate(lines, start=1)
-    ]
+        total.add(batch)
+        if batch.batches == 0 or (batch.invoices == 0 and batch.ended == 0):
+            return total
+
+
+def pending_failures(engine: Engine) -> Iterable[m.CloseFailure]:
+    with Session(engine) as session:
+        return list(session.query(m.CloseFailure).order_by(m.CloseFailure.failed_at))

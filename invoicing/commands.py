@@ -20,10 +20,10 @@ The clock is injected (`now`), never read here.
 Errors:
 
     ValoraError
+    ├── InvalidInput (ValueError)                 code "invalid_input"  (a `now` without a timezone)
     ├── IllegalTransition (invoicing.lifecycle)   code "illegal_transition"
     ├── ConcurrentUpdate                          code "concurrent_update"
     └── InvoiceNotFound (LookupError)             code "invoice_not_found"
-    InvalidInput (ValueError)                     code "invalid_input"   (a naive `now`)
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from invoicing.close import _next_number
 from invoicing.lifecycle import InvoiceAction, InvoiceStatus, advance_invoice
+from invoicing.numbering import format_number, reserve_numbers
 from invoicing.queries import invoice_json
 from schemas.errors import InvalidInput, ValoraError
 
@@ -111,6 +111,28 @@ def get_invoice(engine: Engine, invoice_id: str) -> dict[str, Any]:
         return _invoice_json(session, invoice_id)
 
 
+def invoice_parties(engine: Engine, invoice_id: str) -> tuple[str, str]:
+    """The display names on an invoice: (organization name, customer name), e.g. for the HTML page.
+
+    Raises:
+        InvoiceNotFound: unknown id.
+    """
+    with Session(engine) as session:
+        row = session.execute(
+            select(m.Organization.name, m.Customer.name)
+            .join(m.Invoice, m.Invoice.organization_id == m.Organization.id)
+            .join(
+                m.Customer,
+                (m.Customer.organization_id == m.Invoice.organization_id) & (m.Customer.id == m.Invoice.customer_id),
+            )
+            .where(m.Invoice.id == invoice_id)
+        ).one_or_none()
+    if row is None:
+        raise InvoiceNotFound(f"no invoice with id {invoice_id!r}")
+    organization_name, customer_name = row
+    return organization_name, customer_name
+
+
 def _apply(
     engine: Engine, invoice_id: str, action: InvoiceAction, *, now: datetime, actor: str, reason: str
 ) -> dict[str, Any]:
@@ -150,6 +172,11 @@ def _issue_values(session: Session, organization_id: str, now: datetime) -> dict
         "issued_at": now,
         "due_at": now + timedelta(days=org.payment_terms_days),
     }
+
+
+def _next_number(session: Session, org: m.Organization, year: int) -> str:
+    """The organization's next gapless number (shared with the period close)."""
+    return format_number(org.invoice_prefix, year, reserve_numbers(session, {org.id: 1}, year)[org.id])
 
 
 def _append_history(

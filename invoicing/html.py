@@ -109,17 +109,13 @@ def _esc(value: object) -> str:
 
 def _header(invoice: dict[str, Any], number: str, organization_name: str) -> str:
     status = str(invoice["status"])
-    facts = [
-        ("Invoice number", number),
-        ("Status", None),
-        ("Issued", _date(invoice["issued_at"]) or "not issued"),
-        ("Due", _date(invoice["due_at"]) or "—"),
-        ("Billing period", _window(invoice["period_start"], invoice["period_end"])),
+    facts = [  # (label, markup); every value is escaped here
+        ("Status", f'<span class="status status-{_esc(status)}" id="status">{_esc(status)}</span>'),
+        ("Issued", _esc(_date(invoice["issued_at"]) or "not issued")),
+        ("Due", _esc(_date(invoice["due_at"]) or "—")),
+        ("Billing period", _esc(_window(invoice["period_start"], invoice["period_end"]))),
     ]
-    badge = f'<span class="status status-{_esc(status)}" id="status">{_esc(status)}</span>'
-    rows = "".join(
-        f"<dt>{_esc(label)}</dt><dd>{badge if value is None else _esc(value)}</dd>" for label, value in facts
-    )
+    rows = "".join(f"<dt>{_esc(label)}</dt><dd>{markup}</dd>" for label, markup in facts)
     notice = _NOTICES.get(status)
     return (
         f'<header>\n<div>\n<div class="seller">{_esc(organization_name)}</div>\n'

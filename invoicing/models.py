@@ -84,11 +84,17 @@ class Subscription(Base):
     start_at: Mapped[datetime] = mapped_column(TS)
     billing_anchor: Mapped[datetime] = mapped_column(TS)
     end_at: Mapped[datetime | None] = mapped_column(TS)
+    # The close's cursor: the next period to invoice, and when it becomes due (NULL: none left).
+    next_period_start: Mapped[datetime] = mapped_column(TS)
+    next_close_at: Mapped[datetime | None] = mapped_column(TS)
+    close_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    close_retry_at: Mapped[datetime | None] = mapped_column(TS)
     __table_args__ = (
         ForeignKeyConstraint(["organization_id", "customer_id"], ["customers.organization_id", "customers.id"]),
         ForeignKeyConstraint(["organization_id", "plan_code"], ["plans.organization_id", "plans.code"]),
         CheckConstraint("end_at IS NULL OR end_at > start_at", name="subscription_window"),
         Index("ix_subscriptions_customer", "organization_id", "customer_id"),
+        Index("ix_subscriptions_due", "next_close_at"),
     )
 
 
@@ -198,7 +204,9 @@ class Invoice(Base):
         UniqueConstraint("organization_id", "subscription_id", "period_start", name="invoice_period"),
         UniqueConstraint("organization_id", "number", name="invoice_number"),
         CheckConstraint("status IN ('draft','issued','paid','void','uncollectible')", name="invoice_status"),
-        CheckConstraint("status = 'draft' OR number IS NOT NULL", name="invoice_numbered"),
+        CheckConstraint(
+            "number IS NOT NULL OR (status IN ('draft', 'void') AND issued_at IS NULL)", name="invoice_numbered"
+        ),
         CheckConstraint("total_minor = subtotal_minor", name="invoice_total"),
         ForeignKeyConstraint(
             ["organization_id", "subscription_id"],
@@ -247,3 +255,16 @@ class InvoiceStatusChange(Base):
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(Text)
     __table_args__ = (ForeignKeyConstraint(["invoice_id"], ["invoices.id"], ondelete="CASCADE"),)
+
+
+class CloseFailure(Base):
+    """The last error of a period that could not be closed; retried with backoff."""
+
+    __tablename__ = "close_failures"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text)
+    failed_at: Mapped[datetime] = mapped_column(TS)
+    retry_at: Mapped[datetime] = mapped_column(TS)

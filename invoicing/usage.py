@@ -66,7 +66,7 @@ def _usage_by_key(
             tuple_(m.UsageTotal.organization_id, m.UsageTotal.subscription_id, m.UsageTotal.period_start).in_(wanted)
         )
     )
-    for org, sub, ps, meter, qty in rows.tuples():
+    for org, sub, ps, meter, qty in rows:
         out[(org, sub, ps)][meter] = qty
     return out
 
@@ -135,7 +135,7 @@ def late_usage(engine: Engine, organization: str, customer: str | None = None) -
             query.order_by(
                 m.LateUsage.subscription_id, m.LateUsage.period_start, m.LateUsage.meter_key, m.LateUsage.dedup_key
             )
-        ).tuples()
+        )
         return [
             {
                 "subscription": late.subscription_id,

@@ -15,7 +15,6 @@ from fractions import Fraction
 from schemas.errors import InvalidInput
 from schemas.plans import CURRENCY_EXPONENTS
 
-_HALF = Fraction(1, 2)
 DISPLAY_DIGITS = 28
 """Significant digits kept when an exact amount has no finite decimal form (e.g. 10/3)."""
 
@@ -42,11 +41,17 @@ def to_minor(amount: Decimal | Fraction, currency: str) -> int:
         InvalidInput: unknown currency.
         ValueError: `amount` is NaN or infinite.
     """
-    if isinstance(amount, Decimal) and not amount.is_finite():
-        raise ValueError(f"cannot bill a non-finite amount ({amount})")
-    scaled = Fraction(amount) * 10 ** currency_exponent(currency)
-    magnitude = int(abs(scaled) + _HALF)  # int() floors a non-negative Fraction
-    return magnitude if scaled >= 0 else -magnitude
+    if isinstance(amount, Decimal):
+        if not amount.is_finite():
+            raise ValueError(f"cannot bill a non-finite amount ({amount})")
+        numerator, denominator = amount.as_integer_ratio()
+    else:
+        numerator, denominator = amount.numerator, amount.denominator
+    # |amount| × 10^exponent = q + r/denominator; half-up adds one exactly when r/denominator ≥ 1/2.
+    # Integer arithmetic: exact like Fraction, and an order of magnitude faster on the close's hot path.
+    q, r = divmod(abs(numerator) * 10 ** currency_exponent(currency), denominator)
+    magnitude = q + (2 * r >= denominator)
+    return magnitude if numerator >= 0 else -magnitude
 
 
 def from_minor(amount_minor: int, currency: str) -> Decimal:

@@ -90,7 +90,7 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
                 )
             )
         plans = {(p.organization_id, p.code): load_plan(p.spec) for p in session.scalars(select(m.Plan))}
-        customers = frozenset(session.execute(select(m.Customer.organization_id, m.Customer.id)).tuples())
+        customers = frozenset(session.execute(select(m.Customer.organization_id, m.Customer.id)))
         subs: dict[tuple[str, str], list[SubscriptionView]] = defaultdict(list)
         for sub in session.scalars(select(m.Subscription).order_by(m.Subscription.start_at, m.Subscription.id)):
             plan = plans[(sub.organization_id, sub.plan_code)]

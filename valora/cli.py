@@ -161,10 +161,10 @@ def cmd_close(args: argparse.Namespace) -> int:
     summary = close_due(
         _engine(settings), as_of=as_of, grace=settings.late_grace, clock=lambda: as_of, organization=args.org
     )
-    print(
-        f"closed {summary.invoices} period(s) as of {as_of.isoformat()}; "
-        f"{summary.skipped_existing} already invoiced, {summary.skipped_locked} held by another closer"
-    )
+    print(f"closed {summary.invoices} period(s) as of {as_of.isoformat()}"
+          + (f"; {summary.failed} failed and will be retried" if summary.failed else ""))
+    for error in summary.errors:
+        print(f"  failed: {error}", file=sys.stderr)
     return 0
 
 
@@ -177,6 +177,60 @@ def cmd_invoices(args: argparse.Namespace) -> int:
         print(json.dumps(invoices, indent=2))
     else:
         print(invoice_table(invoices))
+    return 0
+
+
+INVOICE_ACTIONS = {
+    "issue": "issue a draft: next gapless number, issued and due dates",
+    "void": "void a draft, issued or uncollectible invoice",
+    "mark-paid": "record the payment of an issued or uncollectible invoice",
+    "mark-uncollectible": "write off an issued invoice",
+}
+DEFAULT_REASONS = {"issue": "issued by hand", "mark-paid": "payment recorded"}
+
+
+def cmd_invoice_state(args: argparse.Namespace) -> int:
+    from invoicing import commands
+
+    command = {
+        "issue": commands.issue_invoice,
+        "void": commands.void_invoice,
+        "mark-paid": commands.mark_paid,
+        "mark-uncollectible": commands.mark_uncollectible,
+    }[args.action]
+    invoice = command(
+        _engine(_settings()),
+        args.invoice_id,
+        now=args.at or _now(),
+        actor=args.actor or f"cli:{os.environ.get('USER') or 'unknown'}",
+        reason=args.reason or DEFAULT_REASONS[args.action],
+    )
+    if args.json:
+        print(json.dumps(invoice, indent=2))
+    else:
+        print(f"{invoice['id']}  {invoice['number'] or '(draft)'}  {invoice['status']}")
+    return 0
+
+
+def cmd_invoice_show(args: argparse.Namespace) -> int:
+    from invoicing.commands import get_invoice, invoice_parties
+    from invoicing.html import render_invoice_html
+    from valora.render import invoice_table
+
+    engine = _engine(_settings())
+    invoice = get_invoice(engine, args.invoice_id)
+    if args.html:
+        organization_name, customer_name = invoice_parties(engine, args.invoice_id)
+        out = render_invoice_html(invoice, organization_name=organization_name, customer_name=customer_name)
+    elif args.json:
+        out = json.dumps(invoice, indent=2) + "\n"
+    else:
+        out = invoice_table([invoice]) + "\n"
+    if args.out:
+        Path(args.out).write_text(out, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(out)
     return 0
 
 
@@ -273,12 +327,35 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument("--org", default=None, help="only this organization")
     close.set_defaults(func=cmd_close)
 
-    inv = sub.add_parser("invoices", help="invoices")
-    inv.add_argument("action", choices=["list"])
-    inv.add_argument("--org", required=True)
-    inv.add_argument("--customer")
-    inv.add_argument("--json", action="store_true")
-    inv.set_defaults(func=cmd_invoices)
+    inv = sub.add_parser("invoices", help="list and show invoices, and move them through their lifecycle")
+    inv_actions = inv.add_subparsers(dest="action", required=True)
+    inv_list = inv_actions.add_parser("list", help="an organization's invoices")
+    inv_list.add_argument("--org", required=True)
+    inv_list.add_argument("--customer")
+    inv_list.add_argument("--json", action="store_true")
+    inv_list.set_defaults(func=cmd_invoices)
+
+    show = inv_actions.add_parser("show", help="one invoice as a table, JSON, or a standalone HTML page")
+    show.add_argument("invoice_id", metavar="ID")
+    show_format = show.add_mutually_exclusive_group()
+    show_format.add_argument("--json", action="store_true")
+    show_format.add_argument("--html", action="store_true")
+    show.add_argument("--out", help="write to this file instead of stdout")
+    show.set_defaults(func=cmd_invoice_show)
+
+    for action, help_text in INVOICE_ACTIONS.items():
+        change = inv_actions.add_parser(action, help=help_text)
+        change.add_argument("invoice_id", metavar="ID")
+        default_reason = DEFAULT_REASONS.get(action)
+        change.add_argument(
+            "--reason",
+            required=default_reason is None,
+            help="recorded in the status history" + (f" (default: {default_reason!r})" if default_reason else ""),
+        )
+        change.add_argument("--actor", help="who made the change (default: cli:$USER)")
+        change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
+        change.add_argument("--json", action="store_true", help="print the invoice as JSON")
+        change.set_defaults(func=cmd_invoice_state)
 
     usage = sub.add_parser("usage", help="running totals of the current period, or late usage")
     usage.add_argument("--org", required=True)

@@ -152,4 +152,4 @@ def _dead_letter_reasons(engine: Any, topic: str) -> Counter[str]:
         rows = conn.execute(
             text("SELECT code, count(*) FROM dead_letters WHERE topic = :t GROUP BY code"), {"t": topic}
         )
-        return Counter({code: n for code, n in rows.tuples()})
+        return Counter({code: n for code, n in rows})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -19,10 +18,11 @@ CLOSE_AT = datetime(2026, 2, 1, 1, tzinfo=UTC)
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated database holding tests.helpers.ISSUE_CATALOG (org acme, customer cus_1, sub_1)."""
     eng = make_engine(database_url, pool_size=8)
-    upgrade(eng)
-    apply_catalog(eng, parse_catalog(ISSUE_CATALOG))
     try:
+        upgrade(eng)
+        apply_catalog(eng, parse_catalog(ISSUE_CATALOG))
         yield eng
     finally:
         eng.dispose()
@@ -30,10 +30,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def issued_id(engine: Engine) -> str:
-    """The January invoice written (issued, numbered) by a period close."""
-    with warnings.catch_warnings():
-        # invoicing/close.py still calls Result.tuples(), deprecated in SQLAlchemy 2.1; not this module's to fix.
-        warnings.filterwarnings("ignore", r"The Result\.tuples\(\) method is deprecated", DeprecationWarning)
-        summary = close_due(engine, as_of=CLOSE_AT, grace=timedelta(hours=1), clock=lambda: CLOSE_AT)
+    """The January invoice written (issued, numbered ACME-2026-000001) by a period close."""
+    summary = close_due(engine, as_of=CLOSE_AT, grace=timedelta(hours=1), clock=lambda: CLOSE_AT)
     assert summary.invoices == 1
     return summary.invoice_ids[0]

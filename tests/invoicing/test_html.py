@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from invoicing.commands import get_invoice
+from invoicing.commands import get_invoice, invoice_parties
 from invoicing.html import render_invoice_html
 from rating.money import format_minor
 
@@ -218,13 +218,15 @@ def test_an_invoice_with_no_lines_still_renders() -> None:
 @pytest.mark.integration
 def test_renders_an_invoice_read_from_postgres(engine: Engine, issued_id: str) -> None:
     invoice = get_invoice(engine, issued_id)
-    root = parse(render(invoice))
+    organization_name, customer_name = invoice_parties(engine, issued_id)
+    root = parse(render_invoice_html(invoice, organization_name=organization_name, customer_name=customer_name))
 
     assert text_of(root.find(".//h:span[@id='invoice-number']", NS)) == invoice["number"]
     amounts = [text_of(s) for s in root.iterfind(".//h:tbody/h:tr[@class='line']//h:span[@class='amount']", NS)]
     assert amounts == [format_minor(line["amount_minor"], invoice["currency"]) for line in invoice["lines"]]
     total = text_of(root.find(".//h:tr[@id='total']//h:span[@class='amount']", NS))
     assert total == format_minor(invoice["total_minor"], invoice["currency"])
+    assert "Globex" in text_of(root.find(".//h:section[@class='parties']", NS))
 
 
 def _chromium() -> str | None:

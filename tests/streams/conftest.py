@@ -3,13 +3,13 @@
 These run the real `valora worker` (a subprocess) against the real broker and the
 real Postgres. Helpers here:
 
-* `Tenants` / `make_catalog`: a catalog of many organizations, each with a plan
+* `make_tenants` / `make_catalog`: a catalog of many organizations, each with a plan
   that has a `count` meter (`api_calls` ← `api_request`) and a `sum` meter
   (`tokens` ← `llm_call`, property `tokens`).
 * `Workload`: generates valid events and re-sent duplicates and keeps the expected
   totals (unique events only), the expected counters and the number of records.
-* `Stack` (fixture `stack`): the environment of one test (database migrated,
-  catalog applied) plus read-only queries of the worker's results.
+* `Stack` (fixture `stack_factory`): the environment of one test (database migrated,
+  catalog applied, topics created) plus read-only queries of the worker's results.
 * `WorkerPool` (fixture `workers`): worker subprocesses, always killed at teardown.
 * `PacedPublisher`: produces records in small chunks from a background thread, so
   a test can act (kill, cut Postgres, add a worker) while events are still flowing.
@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -167,12 +165,11 @@ class Workload:
             self.totals[(tenant.org, sub, "tokens")] += tokens
         return (tenant.org.encode(), value), sent
 
-    def valid(self, n: int, tenants: Sequence[Tenant] | None = None) -> list[KV]:
-        """`n` new unique events spread over `tenants` (default: all)."""
-        pool = list(tenants or self.tenants)
+    def valid(self, n: int) -> list[KV]:
+        """`n` new unique events spread over all tenants."""
         out: list[KV] = []
         for _ in range(n):
-            kv, sent = self._new_event(self.rng.choice(pool))
+            kv, sent = self._new_event(self.rng.choice(self.tenants))
             out.append(kv)
             self.sent.append(sent)
         self.records += n
@@ -240,7 +237,7 @@ class Stack:
 
     def _query(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.connect() as conn:
-            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(query, params).fetchall()
 
     def counters(self) -> Counters:
         [row] = self._query(
@@ -251,7 +248,7 @@ class Stack:
         return Counters(*(int(v) for v in row))
 
     def received(self) -> int:
-        """sum(received) over partitions; 0 while Postgres is unreachable from here is not expected."""
+        """Records the worker has committed so far (replays excluded), over all partitions."""
         return self.counters().received
 
     def totals(self) -> dict[TotalKey, Decimal]:
@@ -302,7 +299,9 @@ def assert_exact(stack: Stack, work: Workload) -> None:
 
 
 @pytest.fixture
-def stack_factory(broker: str, database_url: str, topic_prefix: str, tmp_path: Path) -> Any:
+def stack_factory(broker: str, database_url: str, topic_prefix: str, tmp_path: Path) -> Callable[..., Stack]:
+    """`stack_factory(VALORA_X="...")`: a Stack whose worker env has these extra settings."""
+
     def make(**extra: str) -> Stack:
         return Stack(broker, database_url, topic_prefix, tmp_path, **extra)
 
@@ -358,18 +357,17 @@ class WorkerPool:
         self.procs: list[WorkerProc] = []
         self._handles: list[Any] = []
 
-    def start(self, env: dict[str, str], name: str, *, metrics: bool = False, until_idle: bool = False) -> WorkerProc:
+    def start(self, env: dict[str, str], name: str, *, metrics: bool = False) -> WorkerProc:
+        """Start `valora worker` (runs until stopped); `metrics` gives it a Prometheus port."""
         env = dict(env)
         port = free_port() if metrics else None
         if port is not None:
             env["VALORA_METRICS_PORT"] = str(port)
-        env.setdefault("VALORA_LOG_LEVEL", "info")
+        env.setdefault("VALORA_LOG_LEVEL", "info")  # retries and rebalances show in the log
         log_path = self.log_dir / f"worker-{name}.log"
         handle = log_path.open("ab")
         self._handles.append(handle)
-        launcher = os.environ.get("DIAG_LAUNCHER")
-        head = [sys.executable, launcher, "--debug"] if launcher else [sys.executable, "-m", "valora.cli"]
-        args = [*head, "worker", *(["--until-idle"] if until_idle else [])]
+        args = [sys.executable, "-m", "valora.cli", "worker"]
         proc = subprocess.Popen(args, env=env, stdout=handle, stderr=subprocess.STDOUT)
         wp = WorkerProc(name, proc, log_path, port)
         self.procs.append(wp)

@@ -18,9 +18,9 @@ from tests.conftest import wait_for
 from tests.streams.conftest import (
     PacedPublisher,
     Stack,
-    Workload,
     WorkerPool,
     WorkerProc,
+    Workload,
     assert_exact,
     make_catalog,
     make_tenants,
