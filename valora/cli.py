@@ -161,10 +161,35 @@ def cmd_close(args: argparse.Namespace) -> int:
     summary = close_due(
         _engine(settings), as_of=as_of, grace=settings.late_grace, clock=lambda: as_of, organization=args.org
     )
-    print(f"closed {summary.invoices} period(s) as of {as_of.isoformat()}"
-          + (f"; {summary.failed} failed and will be retried" if summary.failed else ""))
+    print(
+        f"closed {summary.invoices} period(s) as of {as_of.isoformat()}"
+        + (f"; {summary.failed} failed and will be retried" if summary.failed else "")
+    )
     for error in summary.errors:
         print(f"  failed: {error}", file=sys.stderr)
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    import signal
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from invoicing.metrics import SchedulerMetrics
+    from invoicing.scheduler import Scheduler, SchedulerConfig
+
+    settings = _settings()
+    registry = CollectorRegistry()
+    metrics = SchedulerMetrics(registry)
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, registry=registry)
+    cfg = SchedulerConfig(
+        tick_s=args.tick, batch_size=args.batch, late_grace=settings.late_grace, job_budget_s=args.budget
+    )
+    scheduler = Scheduler(_engine(settings), cfg, metrics, _now)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop_event.set())
+    summary = scheduler.run(once=args.once)
+    print(f"scheduler stopped: {summary.invoices} invoice(s), {summary.failed} deferred")
     return 0
 
 
@@ -326,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument("--as-of", type=parse_time, default=None, help="RFC 3339 time (default: now)")
     close.add_argument("--org", default=None, help="only this organization")
     close.set_defaults(func=cmd_close)
+
+    sched = sub.add_parser("scheduler", help="run the period close continuously (safe to run several)")
+    sched.add_argument("--tick", type=float, default=10.0, help="seconds between runs (default 10)")
+    sched.add_argument("--batch", type=int, default=500, help="periods claimed per transaction (default 500)")
+    sched.add_argument("--budget", type=float, default=50.0, help="seconds one job run may take (default 50)")
+    sched.add_argument("--once", action="store_true", help="run the jobs once and exit")
+    sched.set_defaults(func=cmd_scheduler)
 
     inv = sub.add_parser("invoices", help="list and show invoices, and move them through their lifecycle")
     inv_actions = inv.add_subparsers(dest="action", required=True)
