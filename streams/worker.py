@@ -303,6 +303,10 @@ async def ingest_loop(
             for tp in job[1]
             if tp.partition in result.next_offsets
         }
+        for tp, meta in commits.items():  # lag from the high watermark the last fetch reported
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                processor.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - meta.offset))
         try:
             await consumer.commit(commits)
         except KafkaError as exc:  # a rebalance took the partition: Postgres offsets still guard

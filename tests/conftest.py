@@ -123,3 +123,8 @@ def database_url(pg_admin_url: str) -> Iterator[str]:
 def topic_prefix() -> str:
     """A unique prefix like `t1a2b3c4d5e.` for topic and consumer-group names."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite the golden invoice files under tests/golden/ from the current code")

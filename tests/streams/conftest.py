@@ -40,7 +40,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from sqlalchemy.engine import make_url
 
 from streams.worker import ensure_topics
@@ -190,10 +190,22 @@ class Workload:
         self.duplicates += n
         return out
 
-    def wave(self, n_valid: int, n_dup: int) -> list[KV]:
-        """New events followed by re-sends (a re-send never precedes its original in its partition)."""
-        fresh = self.valid(n_valid)
-        return fresh + self.resend(n_dup)
+    def malformed(self, n: int) -> list[KV]:
+        """`n` records that must be dead-lettered (`invalid_json`), each one unique."""
+        out: list[KV] = []
+        for i in range(n):
+            tenant = self.rng.choice(self.tenants)
+            out.append((tenant.org.encode(), f'{{"id": "broken-{self.records + i}", '.encode()))
+        self.records += n
+        self.dead_lettered += n
+        return out
+
+    def wave(self, n_valid: int, n_dup: int, n_bad: int = 0) -> list[KV]:
+        """New events, then re-sends (never before their original), with bad records anywhere."""
+        records = self.valid(n_valid) + self.resend(n_dup)
+        for kv in self.malformed(n_bad):
+            records.insert(self.rng.randrange(len(records) + 1), kv)
+        return records
 
     @property
     def unique_events(self) -> int:
@@ -265,6 +277,11 @@ class Stack:
     def event_counts_by_org(self) -> dict[str, int]:
         return {o: int(n) for o, n in self._query("SELECT organization_id, count(*) FROM events GROUP BY 1")}
 
+    def dead_letter_sources(self) -> set[tuple[int, int]]:
+        """(partition, offset) of every row in `dead_letters`."""
+        rows = self._query('SELECT partition, "offset" FROM dead_letters WHERE topic = %s', (self.topic,))
+        return {(int(p), int(o)) for p, o in rows}
+
     def partitions_used(self) -> set[int]:
         return {int(p) for (p,) in self._query("SELECT DISTINCT source_partition FROM events")}
 
@@ -283,6 +300,44 @@ class Stack:
                                  f"after {timeout_s:g} s") from None
 
 
+def read_dlq(stack: Stack, distinct: int, timeout_s: float = 30) -> list[Any]:
+    """Messages on the DLQ topic, read from the start (partitions assigned, no group join)
+    until `distinct` different source records (partition, offset in `valora-reason`) were seen."""
+    consumer = Consumer({"bootstrap.servers": stack.broker, "group.id": f"{stack.group}-dlq-reader",
+                         "enable.auto.commit": False})
+    messages: list[Any] = []
+    sources: set[tuple[int, int]] = set()
+    try:
+        partitions = consumer.list_topics(stack.dlq_topic, timeout=15).topics[stack.dlq_topic].partitions
+        consumer.assign([TopicPartition(stack.dlq_topic, p, OFFSET_BEGINNING) for p in partitions])
+
+        def have_all() -> bool:
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                messages.append(msg)
+                sources.update(dlq_sources([msg]))
+            return len(sources) >= distinct
+
+        try:
+            wait_for(have_all, timeout_s=timeout_s, interval_s=0)
+        except AssertionError:
+            raise AssertionError(f"the DLQ topic has {len(sources)} of {distinct} dead letters") from None
+        # a repeat of one already seen may still be behind: read on briefly, then stop
+        messages.extend(consumer.consume(num_messages=1000, timeout=1.0))
+    finally:
+        consumer.close()
+    return messages
+
+
+def dlq_sources(messages: Sequence[Any]) -> list[tuple[int, int]]:
+    """The source (partition, offset) named by each DLQ message's `valora-reason` header."""
+    out = []
+    for msg in messages:
+        reason = json.loads(dict(msg.headers() or [])["valora-reason"])
+        out.append((reason["partition"], reason["offset"]))
+    return out
+
+
 def assert_exact(stack: Stack, work: Workload) -> None:
     """Counters, totals and the event count equal what the workload says, exactly."""
     c = stack.counters()
@@ -291,6 +346,7 @@ def assert_exact(stack: Stack, work: Workload) -> None:
         work.records, work.accepted, work.duplicates, work.dead_lettered
     ), f"counters {c} != expected received/accepted/duplicates/dead_lettered"
     assert stack.event_count() == work.unique_events
+    assert len(stack.dead_letter_sources()) == work.dead_lettered
     expected = {k: v for k, v in work.totals.items() if v}
     got = stack.totals()
     wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}

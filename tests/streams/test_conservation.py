@@ -20,13 +20,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams.publish import publish
-from tests.conftest import wait_for
 from tests.helpers import run_cli
 from tests.streams.conftest import (
     KV,
@@ -37,6 +34,7 @@ from tests.streams.conftest import (
     make_catalog,
     make_tenants,
     native,
+    read_dlq,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -98,32 +96,6 @@ def bad_records(noisy: str, other: str) -> list[Bad]:
     return bad
 
 
-def read_dlq(stack: Stack, expected: int, timeout_s: float = 30) -> list[Any]:
-    """Every message on the DLQ topic (assigned partitions from the start, no group join)."""
-    consumer = Consumer({"bootstrap.servers": stack.broker, "group.id": f"{stack.group}-dlq-reader",
-                         "enable.auto.commit": False})
-    messages: list[Any] = []
-    try:
-        partitions = consumer.list_topics(stack.dlq_topic, timeout=15).topics[stack.dlq_topic].partitions
-        consumer.assign([TopicPartition(stack.dlq_topic, p, OFFSET_BEGINNING) for p in partitions])
-
-        def have_all() -> bool:
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                messages.append(msg)
-            return len(messages) >= expected
-
-        try:
-            wait_for(have_all, timeout_s=timeout_s, interval_s=0)
-        except AssertionError:
-            raise AssertionError(f"the DLQ topic has {len(messages)} of {expected} dead letters") from None
-        # anything beyond `expected` would be a repeat: give it a moment to show up, then stop
-        messages.extend(consumer.consume(num_messages=1000, timeout=1.0))
-    finally:
-        consumer.close()
-    return messages
-
-
 def test_every_record_is_accepted_duplicate_or_dead_lettered_exactly_once(
     stack_factory: Callable[..., Stack],
 ) -> None:
@@ -172,7 +144,7 @@ def test_every_record_is_accepted_duplicate_or_dead_lettered_exactly_once(
     by_source = {(r[1], r[2]): r for r in rows}
 
     # the DLQ topic: the original key and value plus a valora-reason header pointing at the source
-    messages = read_dlq(stack, len(bad))
+    messages = read_dlq(stack, distinct=len(bad))
     seen: set[tuple[int, int]] = set()
     for msg in messages:
         headers = dict(msg.headers() or [])

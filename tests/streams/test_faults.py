@@ -30,8 +30,10 @@ from tests.streams.conftest import (
     WorkerPool,
     Workload,
     assert_exact,
+    dlq_sources,
     make_catalog,
     make_tenants,
+    read_dlq,
 )
 from valora.devservices import psycopg_connect_args
 
@@ -58,14 +60,14 @@ def test_sigkill_at_random_points_then_restart_loses_and_doubles_nothing(
     work = Workload(tenants, seed=SEED)
     try:
         wp = workers.start(stack.env, "run0", metrics=True)
-        publish(stack.broker, stack.topic, work.wave(100, 10))
+        publish(stack.broker, stack.topic, work.wave(100, 10, 2))
         for round_ in range(1, 4):
             # the (re)started worker has joined and committed everything so far, the killed one's
             # leftovers included: the next wave flows while it is consuming
             stack.wait_received(work.records, timeout_s=60, message=f"{wp.name} never caught up")
             mark(f"{wp.name} caught up ({work.records} records; it skipped {wp.metric(REPLAYED):.0f} replays)")
             base = work.records
-            publisher = PacedPublisher(stack.broker, stack.topic, work.wave(700, 70), chunk=35, pause_s=0.03).start()
+            publisher = PacedPublisher(stack.broker, stack.topic, work.wave(700, 70, 14), chunk=35, pause_s=0.03).start()
             target = work.records
             wait_for(lambda: stack.received() > base, timeout_s=30, interval_s=0.02,  # noqa: B023 (called here)
                      message=f"round {round_}: the worker committed nothing of the new wave")
@@ -76,16 +78,25 @@ def test_sigkill_at_random_points_then_restart_loses_and_doubles_nothing(
             assert base < at_kill < target, "the kill should land after some but before all of the wave"
             publisher.join()
             wp = workers.start(stack.env, f"run{round_}", metrics=True)
-        publish(stack.broker, stack.topic, work.wave(300, 30))
+        publish(stack.broker, stack.topic, work.wave(300, 30, 6))
         stack.wait_received(work.records, timeout_s=90, message="after the last restart")
         mark(f"all {work.records} records accounted for; last run skipped {wp.metric(REPLAYED):.0f} replays")
         assert wp.alive()
         assert_exact(stack, work)
+        assert_dead_letters_delivered(stack, mark)
     except BaseException:
         print("\n".join(marks))
         print(workers.logs())
         raise
     print("\n".join(marks))
+
+
+def assert_dead_letters_delivered(stack: Stack, mark: Callable[[str], None]) -> None:
+    """Each dead letter is on the DLQ topic at least once (a crash may repeat one, never lose one)."""
+    expected = stack.dead_letter_sources()
+    sources = dlq_sources(read_dlq(stack, distinct=len(expected)))
+    mark(f"DLQ topic: {len(sources)} message(s) for {len(expected)} dead letters")
+    assert set(sources) == expected
 
 
 @pytest.fixture
@@ -121,12 +132,12 @@ def test_worker_rides_out_postgres_cut_offs_by_itself(
     database = sql.Identifier(stack.database)
     try:
         wp = workers.start(stack.env, "w", metrics=True)
-        publish(stack.broker, stack.topic, work.wave(100, 10))
+        publish(stack.broker, stack.topic, work.wave(100, 10, 2))
         stack.wait_received(work.records, timeout_s=60, message="worker never caught up")
         mark("caught up")
 
         base = work.records
-        publisher = PacedPublisher(stack.broker, stack.topic, work.wave(1000, 100), chunk=20, pause_s=0.04).start()
+        publisher = PacedPublisher(stack.broker, stack.topic, work.wave(1000, 100, 20), chunk=20, pause_s=0.04).start()
         wait_for(lambda: stack.received() > base, timeout_s=30, interval_s=0.02,
                  message="the worker committed nothing of the new wave")
         # 1. connections cut again and again while batches commit
@@ -143,7 +154,7 @@ def test_worker_rides_out_postgres_cut_offs_by_itself(
         try:
             terminate_backends(admin, stack.database)
             # more events arrive while Postgres is away
-            during = PacedPublisher(stack.broker, stack.topic, work.wave(600, 60), chunk=20, pause_s=0.04).start()
+            during = PacedPublisher(stack.broker, stack.topic, work.wave(600, 60, 12), chunk=20, pause_s=0.04).start()
             with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
                 stack.connect()
             time.sleep(rng.uniform(2.5, 4.0))  # the outage lasts this long (fault injection)
@@ -160,6 +171,7 @@ def test_worker_rides_out_postgres_cut_offs_by_itself(
         assert wp.alive()
         assert wp.metric(RETRIES) > 0, "the cut-offs never hit a batch (the test did not test anything)"
         assert_exact(stack, work)
+        assert_dead_letters_delivered(stack, mark)
     except BaseException:
         print("\n".join(marks))
         print(workers.logs())
