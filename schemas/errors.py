@@ -1,9 +1,18 @@
 """Valora's exception tree: one root, a stable `code` string on every class.
 
     ValoraError                      code "valora_error"
-    └── InvalidInput (ValueError)    code "invalid_input"
-        ├── InvalidPlan              code "invalid_plan"
-        └── InvalidUsage             code "invalid_usage"
+    ├── InvalidInput (ValueError)    code "invalid_input"
+    │   ├── InvalidPlan              code "invalid_plan"
+    │   ├── InvalidUsage             code "invalid_usage"
+    │   └── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog)
+    ├── DatabaseUnavailable          code "database_unavailable" (invoicing.db)
+    ├── SchemaOutOfDate              code "schema_out_of_date"   (invoicing.db)
+    ├── IllegalTransition            code "illegal_transition"   (invoicing.lifecycle)
+    ├── ConcurrentUpdate             code "concurrent_update"    (invoicing.commands)
+    ├── InvoiceNotFound (LookupError) code "invoice_not_found"   (invoicing.commands)
+    └── WorkerCrashed                code "worker_crashed"       (streams.worker)
+
+The subclasses live with the code that raises them (named in brackets above).
 
 Errors about a bad value also subclass `ValueError`, so code that only knows the
 standard library can still catch them. The `code` is part of the contract (logs,

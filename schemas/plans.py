@@ -180,8 +180,20 @@ def _check_tiers(tiers: tuple[Tier, ...]) -> None:
         previous = bound
 
 
+class BillingTiming(StrEnum):
+    """When a plan's flat charges are billed: for the coming period, or for the one just ended."""
+
+    IN_ADVANCE = "in_advance"
+    IN_ARREARS = "in_arrears"
+
+
 class Plan(_Frozen):
-    """A priced offer: currency, billing interval and its charges in invoice order."""
+    """A priced offer: currency, billing interval and its charges in invoice order.
+
+    `billing_timing` applies to flat charges only (usage is always billed in arrears);
+    `trial_usage_billed` says whether usage during a subscription's trial is billed
+    (flat charges never are).
+    """
 
     code: str = Field(pattern=_IDENT)
     currency: str
@@ -189,6 +201,8 @@ class Plan(_Frozen):
     interval_count: int = Field(default=1, ge=1)
     charges: tuple[Charge, ...]
     name: str | None = None
+    billing_timing: BillingTiming = BillingTiming.IN_ARREARS
+    trial_usage_billed: bool = True
 
     @model_validator(mode="after")
     def _known_currency_unique_keys(self) -> Plan:
