@@ -5,36 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import psycopg
-from sqlalchemy.engine import make_url
-
 from invoicing.catalog import apply_catalog, parse_catalog
-from invoicing.db import make_engine, upgrade
+from invoicing.db import make_engine, recreate_database
 
 
 def resolve_services(settings: Any) -> tuple[str, str]:
     """Bootstrap and server URL from the environment, else the dev services (started if needed)."""
-    from valora.devservices import dev_up
+    from valora.devservices import resolve_or_start
 
-    bootstrap, server_url = settings.kafka_bootstrap, settings.database_url
-    if not bootstrap or not server_url:
-        state = dev_up(settings.state_dir, database_url=server_url)
-        bootstrap, server_url = bootstrap or state.kafka_bootstrap, server_url or state.database_url
-    return str(bootstrap), str(server_url)
+    return resolve_or_start(settings.kafka_bootstrap, settings.database_url, settings.state_dir)
 
 
 def fresh_database(server_url: str, name: str) -> str:
-    """Drop and create `name` on the server of `server_url`; returns its URL, migrated."""
-    url = make_url(server_url)
-    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db_url = url.set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(db_url)
-    upgrade(engine)
-    engine.dispose()
-    return db_url
+    return recreate_database(server_url, name)
 
 
 def synthetic_catalog(organizations: int, subscriptions_per_org: int = 1) -> dict[str, Any]:

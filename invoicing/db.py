@@ -96,3 +96,25 @@ def connect(url: str, *, pool_size: int = 5) -> Engine:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def recreate_database(server_url: str, name: str) -> str:
+    """Drop and create database `name` on the server of `server_url`, migrate it, return its URL.
+
+    For the demo and benchmarks, which must start from nothing on every run.
+    """
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(normalize_url(server_url))
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    return db_url

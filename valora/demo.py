@@ -16,12 +16,9 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
-import psycopg
-from sqlalchemy.engine import make_url
-
 from invoicing.catalog import apply_catalog, parse_catalog
 from invoicing.close import close_due
-from invoicing.db import make_engine, upgrade
+from invoicing.db import make_engine, recreate_database
 from invoicing.queries import list_invoices, stream_counters
 from streams.publish import publish
 from streams.worker import WorkerConfig, run_worker
@@ -86,29 +83,16 @@ def _bad_record(rng: random.Random, i: int) -> bytes:
     ).encode()
 
 
-def _fresh_database(server_url: str, name: str) -> str:
-    url = make_url(server_url)
-    admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
 def run_demo(settings: Any, *, events: int) -> int:
     from valora.cli import resolve_bootstrap
-    from valora.devservices import dev_up
+    from valora.devservices import resolve_or_start
 
     started = time.perf_counter()
-    bootstrap, server_url = settings.kafka_bootstrap, settings.database_url
-    if not bootstrap or not server_url:
-        state = dev_up(settings.state_dir, database_url=server_url)
-        bootstrap, server_url = bootstrap or state.kafka_bootstrap, server_url or state.database_url
+    bootstrap, server_url = resolve_or_start(settings.kafka_bootstrap, settings.database_url, settings.state_dir)
     settings = type(settings)(**{**vars(settings), "kafka_bootstrap": bootstrap})
     resolve_bootstrap(settings)
-    database_url = _fresh_database(server_url, "valora_demo")
+    database_url = recreate_database(server_url, "valora_demo")
     engine = make_engine(database_url)
-    upgrade(engine)
     catalog = json.loads(resources.files("valora.sample").joinpath("catalog.json").read_text(), parse_float=str)
     apply_catalog(engine, parse_catalog(catalog))
     topic = f"usage.events.demo.{int(time.time())}"

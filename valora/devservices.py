@@ -551,3 +551,11 @@ def dev_status(state_dir: Path) -> tuple[DevState | None, dict[str, bool]]:
     if state is None:
         return None, {"broker": False, "postgres": False}
     return state, _answers(state)
+
+
+def resolve_or_start(kafka_bootstrap: str | None, database_url: str | None, state_dir: Path) -> tuple[str, str]:
+    """The configured broker and database, starting the embedded dev services for what is not configured."""
+    if kafka_bootstrap and database_url:
+        return kafka_bootstrap, database_url
+    state = dev_up(state_dir, database_url=database_url)
+    return kafka_bootstrap or state.kafka_bootstrap, database_url or state.database_url
