@@ -6,9 +6,7 @@ contract: frozen models, unknown fields rejected, every decimal parsed exactly.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -115,14 +113,3 @@ def entry_label(section: str, raw: Any) -> str:
             prefix = f"{org}/" if isinstance(org, str) else ""
             return f"{section[:-1]} {prefix}{raw[field]!r}"
     return f"{section} entry"
-
-
-def decimal_or_none(value: Any) -> Decimal | None:
-    """Parse a JSON scalar as an exact Decimal, or None when it is not numeric."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, Decimal)):
-        return Decimal(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
-        return Decimal(value.strip())
-    return None

@@ -44,9 +44,6 @@ class Rejection(Exception):
     detail: str
 
 
-_JSON_ANY = msgspec.json.Decoder()
-
-
 def _schema_detail(exc: msgspec.ValidationError) -> str:
     return str(exc).replace("`", "'")
 
@@ -103,11 +100,3 @@ def read_path(properties: dict[str, Any], path: tuple[str, ...]) -> Any:
             return None
         node = node.get(step)
     return node
-
-
-def is_json(value: bytes) -> bool:
-    try:
-        _JSON_ANY.decode(value)
-    except msgspec.DecodeError:
-        return False
-    return True
