@@ -47,17 +47,32 @@ class CloudEvent(msgspec.Struct, frozen=True):
     datacontenttype: str | None = None
 
 
+class TotalLine(msgspec.Struct, frozen=True):
+    charge: str
+    kind: str
+    quantity: str  # exact decimal, as a string
+    amount_minor: int
+    description: str
+
+
 class UsageTotal(msgspec.Struct, frozen=True):
-    """A running total published on `usage.totals` (compacted; key = subscription)."""
+    """A running total on `usage.totals` (compacted; key = "org/subscription/period_start").
+
+    The same JSON `valora usage --json` prints: quantities so far per meter and the
+    amounts the rating engine gives them, as the period's invoice would show now.
+    """
 
     organization: str
     subscription: str
     customer: str
+    plan: str
+    currency: str
     period_start: datetime
     period_end: datetime
-    currency: str
-    meters: dict[str, str]
-    amount_minor: int
+    meters: dict[str, str]  # meter key -> exact decimal quantity, as a string
+    lines: list[TotalLine]
+    subtotal_minor: int
+    total_minor: int
     schema_version: int = SCHEMA_VERSION
 
 

@@ -164,3 +164,10 @@ def test_aggregations_running_totals_and_late_usage(
     finally:
         consumer.close()
     assert latest[b"acme/sub_2/2026-01-01T00:00:00Z"]["total_minor"] == 6050
+    import msgspec
+
+    from schemas.events import UsageTotal
+
+    strict = msgspec.json.decode(orjson.dumps(latest[b"acme/sub_2/2026-01-01T00:00:00Z"]), type=UsageTotal)
+    assert strict.meters["api_calls"] == "3"
+
