@@ -3,7 +3,7 @@
 Set-up (not timed): a fresh database, 1,000 organizations on a plan with a flat fee
 and three usage charges (per_unit, graduated, volume), N subscriptions spread over
 them, and January usage totals for every meter. Timed: `close_due` for January, the
-same code `valora close` and the scheduler run, in batches of 500.
+same code `valora close` and the scheduler run, in `valora close`'s batches of 2,000.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import psycopg
 from bench.common import apply_synthetic_catalog, fresh_database, resolve_services
 from invoicing.close import close_due
 from invoicing.db import make_engine
+from valora.cli import CLOSE_BATCH
 
 ORGS = 1000
 
@@ -49,7 +50,7 @@ def run_close_bench(settings: Any, *, subscriptions: int) -> dict[str, Any]:
     engine = make_engine(db_url)
     as_of = datetime(2026, 2, 1, 1, tzinfo=UTC)
     started = time.perf_counter()
-    summary = close_due(engine, as_of=as_of, grace=timedelta(hours=1), clock=lambda: as_of)
+    summary = close_due(engine, as_of=as_of, grace=timedelta(hours=1), clock=lambda: as_of, limit=CLOSE_BATCH)
     seconds = time.perf_counter() - started
     with engine.connect() as conn:
         from sqlalchemy import text

@@ -290,7 +290,9 @@ def write_batch(
         )
         _record_late(cur, late)
         _record_dead_letters(cur, topic, plan.dead_letters)
-        result.next_offsets = _advance(cur, group, topic, records, counts) if records else {}
+        advanced = _advance(cur, group, topic, records, counts) if records else {}
+        # Never hand Kafka an offset below what Postgres already stored (a partition re-read after a rebalance).
+        result.next_offsets = {p: max(o, stored.get(p, 0)) for p, o in advanced.items()}
         if before_commit is not None:
             before_commit(plan.dead_letters)
     result.received = len(fresh)

@@ -67,11 +67,12 @@ def test_sigkill_at_random_points_then_restart_loses_and_doubles_nothing(
             stack.wait_received(work.records, timeout_s=60, message=f"{wp.name} never caught up")
             mark(f"{wp.name} caught up ({work.records} records; it skipped {wp.metric(REPLAYED):.0f} replays)")
             base = work.records
-            publisher = PacedPublisher(stack.broker, stack.topic, work.wave(700, 70, 14), chunk=35, pause_s=0.03).start()
+            wave = work.wave(700, 70, 14)
+            publisher = PacedPublisher(stack.broker, stack.topic, wave, chunk=35, pause_s=0.04).start()
             target = work.records
             wait_for(lambda: stack.received() > base, timeout_s=30, interval_s=0.02,  # noqa: B023 (called here)
                      message=f"round {round_}: the worker committed nothing of the new wave")
-            time.sleep(rng.uniform(0.0, 0.6))  # the random kill point (fault injection, not a wait for work)
+            time.sleep(rng.uniform(0.0, 0.5))  # the random kill point (fault injection, not a wait for work)
             workers.kill(wp)
             at_kill = stack.received()  # exactly what was committed when the process died
             mark(f"round {round_}: SIGKILL with {at_kill - base} of {target - base} committed")
