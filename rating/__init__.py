@@ -7,6 +7,7 @@ result is reproducible from its inputs. The pieces, in the order money flows:
     proration   the active share of a period, as an exact Fraction
     pricing     one function per ChargeModel (flat, per_unit, package, graduated, volume)
     engine      rate_charge / rate_plan: lines with stable line keys, min/max, totals
+    plan_change rate_segments / plan_change_adjustment: mid-period plan changes, prorated
     money       ISO 4217 exponents and the single half-up rounding to minor units
 
 Errors come from `schemas.errors`: InvalidPlan for a plan that slipped past validation,
@@ -23,6 +24,7 @@ from rating.engine import (
 )
 from rating.money import currency_exponent, format_minor, from_minor, to_minor
 from rating.periods import Period, period_containing, period_starting, periods_between
+from rating.plan_change import PlanSegment, WindowedKind, WindowedLine, plan_change_adjustment, rate_segments
 from rating.pricing import PRICING, TierLine
 from rating.proration import proration_factor
 
@@ -30,9 +32,12 @@ __all__ = [
     "PRICING",
     "LineKind",
     "Period",
+    "PlanSegment",
     "RatedInvoice",
     "RatedLine",
     "TierLine",
+    "WindowedKind",
+    "WindowedLine",
     "currency_exponent",
     "format_minor",
     "from_minor",
@@ -40,8 +45,10 @@ __all__ = [
     "period_containing",
     "period_starting",
     "periods_between",
+    "plan_change_adjustment",
     "proration_factor",
     "rate_charge",
     "rate_plan",
+    "rate_segments",
     "to_minor",
 ]
