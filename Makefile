@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/valora demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --cov=rating --cov-report=term:skip-covered --cov-fail-under=100
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -412,6 +412,7 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
         redirect_stdouts=False,
         override_logging=False,
     )
+    worker.spinner = None  # Faust's startup spinner writes terminal escapes into the CLI's output
     holder.append(worker)
     try:
         worker.execute_from_commandline()
