@@ -26,6 +26,7 @@ class Reason(StrEnum):
     NO_ACTIVE_SUBSCRIPTION = "no_active_subscription"
     VALUE_NOT_NUMERIC = "value_not_numeric"
     TOO_FAR_IN_FUTURE = "too_far_in_future"
+    REJECTED_BY_STORE = "rejected_by_store"  # valid JSON Postgres cannot store (e.g. \u0000 in a string)
 
 
 class UsageEvent(NamedTuple):

@@ -49,6 +49,22 @@ class BatchResult:
     touched: set[tuple[str, str, datetime]] = field(default_factory=set)  # (organization, subscription, period)
     next_offsets: dict[int, int] = field(default_factory=dict)
 
+    def merge(self, other: BatchResult) -> BatchResult:
+        """Combine the results of consecutive parts of one batch."""
+        return BatchResult(
+            received=self.received + other.received,
+            replayed=self.replayed + other.replayed,
+            accepted=self.accepted + other.accepted,
+            duplicates=self.duplicates + other.duplicates,
+            dead_letters=self.dead_letters + other.dead_letters,
+            late=self.late + other.late,
+            touched=self.touched | other.touched,
+            next_offsets={
+                p: max(self.next_offsets.get(p, 0), other.next_offsets.get(p, 0))
+                for p in self.next_offsets.keys() | other.next_offsets.keys()
+            },
+        )
+
 
 _UPDATE_BY_AGG = {
     Aggregation.COUNT: "quantity = t.quantity + excluded.quantity",

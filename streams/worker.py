@@ -31,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from schemas.errors import ValoraError
 from streams.batch import BatchPlan, DeadLetter, Record, plan_batch
+from streams.decode import Reason
 from streams.metrics import WorkerMetrics
 from streams.sink import BatchResult, write_batch
 from streams.snapshot import CatalogSnapshot, load_snapshot
@@ -196,7 +197,37 @@ class BatchProcessor:
         return plan_batch(records, snapshot, now=self.clock(), future_tolerance=self.cfg.future_tolerance)
 
     def process(self, records: list[Record], plan: BatchPlan | None = None) -> BatchResult:
-        """Commit one batch, retrying with backoff until Postgres takes it."""
+        """Commit one batch, retrying with backoff until Postgres takes it.
+
+        A batch Postgres refuses for its data (not for being away) is split in halves until
+        the record it refuses stands alone; that one is dead-lettered `rejected_by_store`.
+        """
+        try:
+            result = self._commit(records, plan)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            result = self._isolate(records, exc)
+        for p, nxt in result.next_offsets.items():
+            self.offsets[p] = max(self.offsets.get(p, 0), nxt)
+        self.touched |= result.touched
+        return result
+
+    def _isolate(self, records: list[Record], exc: Exception) -> BatchResult:
+        if len(records) == 1:
+            [rec] = records
+            detail = f"Postgres refused the record: {str(exc).splitlines()[0]}"
+            org = rec.key.decode("utf-8", "replace") if rec.key else None
+            dead = DeadLetter(rec.partition, rec.offset, org, Reason.REJECTED_BY_STORE, detail, rec.key, rec.value)
+            return self._commit(records, BatchPlan(dead_letters=[dead]))
+        half = len(records) // 2
+        results = []
+        for part in (records[:half], records[half:]):
+            try:
+                results.append(self._commit(part, None))
+            except (psycopg.DataError, psycopg.IntegrityError) as part_exc:
+                results.append(self._isolate(part, part_exc))
+        return results[0].merge(results[1])
+
+    def _commit(self, records: list[Record], plan: BatchPlan | None) -> BatchResult:
         delay = 0.2
         while True:
             started = time.perf_counter()
@@ -221,9 +252,6 @@ class BatchProcessor:
                 delay = min(delay * 2, 5.0)
                 continue
             self.metrics.observe_batch(result, time.perf_counter() - started)
-            for p, nxt in result.next_offsets.items():
-                self.offsets[p] = max(self.offsets.get(p, 0), nxt)
-            self.touched |= result.touched
             return result
 
 
