@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, case, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
+from invoicing.lifecycle import SubscriptionAction, SubscriptionStatus, advance_subscription
+from invoicing.subscriptions import cursor_due_at
 from rating.periods import period_containing
 from schemas import catalog as c
 from schemas.errors import InvalidInput, InvalidPlan
@@ -30,6 +33,14 @@ from schemas.plans import Plan, load_plan
 
 class InvalidCatalog(InvalidInput):
     code = "invalid_catalog"
+
+
+_LIVE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
+_SUBSCRIPTION_KEYS = frozenset({"organization_id", "id"})
+# Written once, when the subscription is created; the close and the lifecycle commands own them after that.
+_SUBSCRIPTION_INSERT_ONLY = frozenset(
+    {"next_period_start", "next_close_at", "close_attempts", "status", "cancel_at_period_end", "trial_end"}
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,17 @@ class ParsedCatalog:
         return {name: len(getattr(self, name)) for name in c.SECTION_NAMES}
 
 
+class _ExactLoader(yaml.SafeLoader):
+    """YAML's safe loader without its float resolver: 0.002 stays the string "0.002", parsed
+    exactly later, instead of becoming a binary float; null, ints and booleans resolve as usual."""
+
+
+_ExactLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def read_catalog_file(path: Path) -> Any:
     """Read JSON (numbers as exact Decimals) or YAML, by extension."""
     try:
@@ -52,8 +74,7 @@ def read_catalog_file(path: Path) -> Any:
         raise InvalidCatalog(f"cannot read catalog {path}: {exc.strerror}") from exc
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            # YAML floats would be binary; the base loader keeps every scalar a string.
-            return yaml.load(text, Loader=yaml.BaseLoader)
+            return yaml.load(text, Loader=_ExactLoader)  # a SafeLoader subclass: builds no objects
         return json.loads(text, parse_float=Decimal)
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]
@@ -168,12 +189,11 @@ def _check_references(cat: ParsedCatalog, session: Session) -> None:
             raise InvalidCatalog(f"{label}: unknown plan {sub.plan!r}")
 
 
-def _upsert(session: Session, table: type[m.Base], rows: Sequence[dict[str, Any]], keys: list[str],
-            insert_only: frozenset[str] = frozenset()) -> None:
+def _upsert(session: Session, table: type[m.Base], rows: Sequence[dict[str, Any]], keys: list[str]) -> None:
     if not rows:
         return
     stmt = insert(table).values(list(rows))
-    updates = {col: stmt.excluded[col] for col in rows[0] if col not in keys and col not in insert_only}
+    updates = {col: stmt.excluded[col] for col in rows[0] if col not in keys}
     session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates))
 
 
@@ -182,8 +202,13 @@ def _default_prefix(org_id: str) -> str:
     return letters[:12] or "INV"
 
 
-def apply_catalog(engine: Engine, cat: ParsedCatalog) -> dict[str, int]:
-    """Upsert every entry by id in one transaction; returns counts per section."""
+def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = None) -> dict[str, int]:
+    """Upsert every entry by id in one transaction; returns counts per section.
+
+    `now` stamps the history row of each new subscription (default: the database's
+    transaction time). A new subscription starts `trialing` when it has a `trial_end`,
+    else `active`.
+    """
     with Session(engine) as session, session.begin():
         _check_references(cat, session)
         _upsert(
@@ -234,14 +259,69 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog) -> dict[str, int]:
         )
         plans = {(org, p.code): p for org, p in cat.plans}
         plans.update(_stored_plans(session, {(s.organization, s.plan) for s in cat.subscriptions} - set(plans)))
-        _upsert(
-            session,
-            m.Subscription,
-            [_subscription_row(s, plans[(s.organization, s.plan)]) for s in cat.subscriptions],
-            ["organization_id", "id"],
-            insert_only=frozenset({"next_period_start", "next_close_at", "close_attempts"}),
+        _upsert_subscriptions(
+            session, [_subscription_row(s, plans[(s.organization, s.plan)]) for s in cat.subscriptions], now
         )
+        _retime_cursors(session, cat.subscriptions, plans)
     return cat.counts()
+
+
+def _retime_cursors(session: Session, subs: Sequence[c.Subscription], plans: dict[tuple[str, str], Plan]) -> None:
+    """Re-time the close cursor of live subscriptions whose `end` the catalog moved.
+
+    The cursor's period is due at its end, or at `end_at` when that comes first; an `end`
+    moved later (or dropped) must not leave the period due early, and one that no longer
+    cuts a period short must not leave it due late. Rows a cancel owns are left alone.
+    """
+    s = m.Subscription
+    keys = [(x.organization, x.id) for x in subs]
+    rows = session.scalars(
+        select(s).where(
+            tuple_(s.organization_id, s.id).in_(keys),
+            s.status.in_([x.value for x in _LIVE]),
+            s.cancel_at_period_end.is_(False),
+        )
+    )
+    for sub in rows:
+        due = cursor_due_at(sub, plans[(sub.organization_id, sub.plan_code)], sub.end_at)
+        if due != sub.next_close_at:
+            sub.next_close_at = due
+
+
+def _upsert_subscriptions(session: Session, rows: list[dict[str, Any]], now: datetime | None) -> None:
+    """Insert new subscriptions with their first history row; update the catalog's fields of known ones.
+
+    The close cursor and the lifecycle columns are insert-only: after that the close and
+    `invoicing.subscriptions` own them, so re-applying a catalog never resets a status,
+    a scheduled cancel or the history. `end_at` follows the catalog only while no cancel
+    is scheduled and the subscription is live; once a cancel set it, the cancel owns it.
+    """
+    if not rows:
+        return
+    table = m.Subscription.__table__
+    stmt = insert(m.Subscription).values(rows)
+    cancel_owns_end = table.c.cancel_at_period_end | table.c.status.notin_([s.value for s in _LIVE])
+    updates: dict[str, Any] = {
+        col: stmt.excluded[col] for col in rows[0] if col not in _SUBSCRIPTION_KEYS | _SUBSCRIPTION_INSERT_ONLY
+    }
+    updates["end_at"] = case((cancel_owns_end, table.c.end_at), else_=stmt.excluded.end_at)
+    session.execute(stmt.on_conflict_do_update(index_elements=sorted(_SUBSCRIPTION_KEYS), set_=updates))
+    # seq 1 exists for every subscription (migration 0002 wrote it for older ones), so only new ones get a row.
+    session.execute(
+        text(
+            "INSERT INTO subscription_status_history "
+            "(organization_id, subscription_id, seq, from_status, to_status, at, reason, actor) "
+            "SELECT u.o, u.s, 1, NULL, u.st, COALESCE(CAST(:at AS timestamptz), now()), 'created from catalog', "
+            "'catalog' FROM unnest(CAST(:o AS text[]), CAST(:s AS text[]), CAST(:st AS text[])) AS u(o, s, st) "
+            "ON CONFLICT (organization_id, subscription_id, seq) DO NOTHING"
+        ),
+        {
+            "o": [r["organization_id"] for r in rows],
+            "s": [r["id"] for r in rows],
+            "st": [r["status"] for r in rows],
+            "at": now,
+        },
+    )
 
 
 def _stored_plans(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Plan]:
@@ -254,9 +334,16 @@ def _stored_plans(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[st
 
 
 def _subscription_row(s: c.Subscription, plan: Plan) -> dict[str, Any]:
-    """A subscription row; a new one's close cursor starts at the period containing its start."""
-    anchor = s.billing_anchor or s.start
+    """A subscription row; a new one's close cursor starts at the period containing its start.
+
+    A trial subscription without an explicit anchor is anchored on its trial's end, so no
+    period straddles the trial's end (see `invoicing.close` on trial usage). The first
+    period is due at its end, or at the subscription's end if that comes first.
+    """
+    anchor = s.billing_anchor or s.trial_end or s.start
     first = period_containing(anchor, plan.interval, s.start, plan.interval_count)
+    trial = s.trial_end is not None and s.trial_end > s.start
+    state = advance_subscription(None, SubscriptionAction.START_TRIAL if trial else SubscriptionAction.START)
     return {
         "organization_id": s.organization,
         "id": s.id,
@@ -266,6 +353,9 @@ def _subscription_row(s: c.Subscription, plan: Plan) -> dict[str, Any]:
         "billing_anchor": anchor,
         "end_at": s.end,
         "next_period_start": first.start,
-        "next_close_at": first.end,
+        "next_close_at": first.end if s.end is None else min(first.end, s.end),
         "close_attempts": 0,
+        "status": state.status.value,
+        "cancel_at_period_end": state.cancel_at_period_end,
+        "trial_end": s.trial_end,
     }

@@ -1,7 +1,7 @@
 """Period close: rate every billing period that has ended and write its invoice.
 
-Each subscription carries a cursor: `next_period_start` and `next_close_at` (that
-period's end). A period is due once `next_close_at <= cutoff`, where
+Each subscription carries a cursor: `next_period_start` and `next_close_at` (when
+that period is due). A period is due once `next_close_at <= cutoff`, where
 `cutoff = as_of − late grace`. Closing works in batches, each one transaction that:
 
 1. claims up to `limit` due subscriptions with `FOR UPDATE SKIP LOCKED`, so any
@@ -12,7 +12,22 @@ period's end). A period is due once `next_close_at <= cutoff`, where
    worker commits afterwards becomes late usage instead of being lost;
 3. rates each period with `rating.rate_plan`, adds adjustment lines for late usage of
    earlier periods, and writes the invoices with the next gapless numbers;
-4. advances each cursor by one period.
+4. advances each cursor by one period and, when no period is left, applies the
+   lifecycle's `period_end_reached` (canceled, or cancel scheduled → ended).
+
+A period is due at its end, or at the subscription's `end_at` when a cancel cuts it
+short (`invoicing.subscriptions.cursor_due_at`), so a final invoice is written as soon
+as the grace has passed. The invoice keeps the billing period's dates; flat charges are
+prorated to the active window `[max(start_at, trial_end), end_at)` within it.
+
+Trials: flat charges are never billed before `trial_end`. When the plan does not bill
+trial usage (`trial_usage_billed: false`), a period that starts before `trial_end` is
+rated with no usage, and late usage for such a period stays unbilled. Limitation: usage
+totals are kept per billing period, not split at `trial_end`, so a period that straddles
+the trial's end bills none of its usage, including the days after the trial. We chose to
+under-bill rather than charge usage the plan promised free; the catalog anchors a trial
+subscription's periods on its `trial_end` by default, so only an explicit
+`billing_anchor` makes a period straddle it.
 
 A period whose rating fails does not block the batch: it gets a `close_failures`
 record and a retry time with exponential backoff, and the rest is invoiced.
@@ -25,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -36,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.numbering import format_number, reserve_numbers
+from invoicing.subscriptions import cursor_due_at, record_period_end
 from rating import Period, RatedLine, from_minor, period_containing, rate_charge, rate_plan
 from schemas.plans import Plan, load_plan
 
@@ -175,14 +191,22 @@ def _late_lines(session: Session, items: list[_Item]) -> dict[str, list[BilledLi
     """
     by_sub = {(i.sub.organization_id, i.sub.id): i for i in items}
     keys = list(by_sub)
+    # Late usage of a period whose usage the trial made free is not billed either (it stays unbilled).
+    free_before = [by_sub[k].sub.trial_end if not by_sub[k].plan.trial_usage_billed else None for k in keys]
     late = session.execute(
         text(
             "UPDATE late_usage l SET billed_invoice_id = u.inv FROM unnest(CAST(:o AS text[]), CAST(:s AS text[]), "
-            "CAST(:inv AS text[])) AS u(o, s, inv) WHERE l.organization_id = u.o AND l.subscription_id = u.s "
-            "AND l.billed_invoice_id IS NULL "
+            "CAST(:inv AS text[]), CAST(:fb AS timestamptz[])) AS u(o, s, inv, fb) "
+            "WHERE l.organization_id = u.o AND l.subscription_id = u.s "
+            "AND l.billed_invoice_id IS NULL AND (u.fb IS NULL OR l.period_start >= u.fb) "
             "RETURNING l.organization_id, l.subscription_id, l.meter_key, l.period_start, l.period_end, l.value"
         ),
-        {"o": [k[0] for k in keys], "s": [k[1] for k in keys], "inv": [by_sub[k].invoice_id for k in keys]},
+        {
+            "o": [k[0] for k in keys],
+            "s": [k[1] for k in keys],
+            "inv": [by_sub[k].invoice_id for k in keys],
+            "fb": free_before,
+        },
     ).all()
     grouped: dict[tuple[str, str, datetime, datetime, str], Decimal] = defaultdict(Decimal)
     for org, sub, meter, ps, pe, value in late:
@@ -315,12 +339,14 @@ def _write_invoices(session: Session, items: list[_Item], orgs: dict[str, m.Orga
                 copy.write_row((item.invoice_id, 1, None, "issued", issued_at, "period closed", "close"))
 
 
-def _advance(sub: m.Subscription, plan: Plan) -> None:
-    """Move the cursor one period on; none is left once a period starts at or after the end."""
-    assert sub.next_close_at is not None
-    nxt = period_containing(sub.billing_anchor, plan.interval, sub.next_close_at, plan.interval_count)
-    sub.next_period_start = nxt.start
-    sub.next_close_at = None if sub.end_at is not None and nxt.start >= sub.end_at else nxt.end
+def _advance(sub: m.Subscription, plan: Plan, period: Period) -> None:
+    """Move the cursor from the just-closed `period` to the next one (periods tile: it starts at the end).
+
+    `period` is passed in rather than derived from `next_close_at`, which is `end_at`, not the
+    period's end, when a cancel cut the period short.
+    """
+    sub.next_period_start = period.end
+    sub.next_close_at = cursor_due_at(sub, plan, sub.end_at)
     sub.close_attempts = 0
     sub.close_retry_at = None
 
@@ -375,39 +401,70 @@ def close_batch(
             for row in session.query(m.Plan).filter(tuple_(m.Plan.organization_id, m.Plan.code).in_(missing)):
                 plan_cache[(row.organization_id, row.code)] = load_plan(row.spec)
         items: list[_Item] = []
+        finished: list[tuple[m.Subscription, str]] = []
         for sub in subs:
             plan = plan_cache[(sub.organization_id, sub.plan_code)]
             if sub.end_at is not None and sub.next_period_start >= sub.end_at:
                 sub.next_close_at = None
                 summary.ended += 1
+                finished.append((sub, "no period left to invoice"))
                 continue
             period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
             items.append(_Item(sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start)))
         usage = _close_totals(session, items)
         late = _late_lines(session, items) if items else {}
-        rated: list[_Item] = []
-        for item in items:
-            try:
-                result = rate_plan(
-                    item.plan,
-                    usage[(item.sub.organization_id, item.sub.id)],
-                    item.period,
-                    active_from=item.sub.start_at,
-                    active_until=item.sub.end_at,
-                )
-            except Exception as exc:  # one poison item must not block the rest: record it, retry later
-                summary.errors.append(_record_failure(session, item, exc, now))
-                summary.failed += 1
-                continue
-            item.lines = [BilledLine.from_rated(line, item.period) for line in result.lines]
-            item.lines += late.get(item.invoice_id, [])
-            rated.append(item)
-            _advance(item.sub, item.plan)
+        rated = _rate_items(session, items, usage, late, now, summary)
+        for item in rated:
+            _advance(item.sub, item.plan, item.period)
+            if item.sub.next_close_at is None:
+                finished.append((item.sub, f"final invoice {item.invoice_id} written"))
         if rated:
             _write_invoices(session, rated, orgs, issued_at)
+        record_period_end(session, finished, issued_at)
         summary.invoices = len(rated)
         summary.invoice_ids = [i.invoice_id for i in rated]
     return summary
+
+
+def _rate_items(
+    session: Session,
+    items: list[_Item],
+    usage: dict[tuple[str, str], dict[str, Decimal]],
+    late: dict[str, list[BilledLine]],
+    now: datetime,
+    summary: CloseSummary,
+) -> list[_Item]:
+    """Rate each item's period into its lines; a failure is recorded for a retry and left out."""
+    rated: list[_Item] = []
+    for item in items:
+        sub = item.sub
+        quantities = usage[(sub.organization_id, sub.id)]
+        if trial_usage_free(sub, item.plan, item.period.start):
+            quantities = {}
+        try:
+            result = rate_plan(item.plan, quantities, item.period, active_from=paid_from(sub), active_until=sub.end_at)
+        except Exception as exc:  # one poison item must not block the rest: record it, retry later
+            summary.errors.append(_record_failure(session, item, exc, now))
+            summary.failed += 1
+            continue
+        item.lines = [BilledLine.from_rated(line, item.period) for line in result.lines]
+        item.lines += late.get(item.invoice_id, [])
+        rated.append(item)
+    return rated
+
+
+def paid_from(sub: m.Subscription) -> datetime:
+    """Where flat charges start: the subscription's start, or its trial's end (a trial pays no flat fee)."""
+    return sub.start_at if sub.trial_end is None else max(sub.start_at, sub.trial_end)
+
+
+def trial_usage_free(sub: m.Subscription, plan: Plan, period_start: datetime) -> bool:
+    """Whether the usage of the period starting at `period_start` is not billed because of the trial.
+
+    True for every period that starts before the trial's end when the plan does not bill
+    trial usage, including a period that straddles the trial's end (see the module docstring).
+    """
+    return sub.trial_end is not None and not plan.trial_usage_billed and period_start < sub.trial_end
 
 
 def close_due(
@@ -430,8 +487,3 @@ def close_due(
         total.add(batch)
         if batch.batches == 0 or (batch.invoices == 0 and batch.ended == 0):
             return total
-
-
-def pending_failures(engine: Engine) -> Iterable[m.CloseFailure]:
-    with Session(engine) as session:
-        return list(session.query(m.CloseFailure).order_by(m.CloseFailure.failed_at))

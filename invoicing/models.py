@@ -24,11 +24,15 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from invoicing.lifecycle import SubscriptionStatus
+
 TS = DateTime(timezone=True)
+SUBSCRIPTION_STATUSES_SQL = ",".join(f"'{s.value}'" for s in SubscriptionStatus)
 
 
 class Base(DeclarativeBase):
@@ -89,12 +93,51 @@ class Subscription(Base):
     next_close_at: Mapped[datetime | None] = mapped_column(TS)
     close_attempts: Mapped[int] = mapped_column(Integer, default=0)
     close_retry_at: Mapped[datetime | None] = mapped_column(TS)
+    # The lifecycle (invoicing.lifecycle, written by invoicing.subscriptions and the close).
+    status: Mapped[str] = mapped_column(Text, server_default="active")
+    cancel_at_period_end: Mapped[bool] = mapped_column(server_default=text("false"))
+    trial_end: Mapped[datetime | None] = mapped_column(TS)
+    canceled_at: Mapped[datetime | None] = mapped_column(TS)  # when a cancel (now or scheduled) was asked for
     __table_args__ = (
         ForeignKeyConstraint(["organization_id", "customer_id"], ["customers.organization_id", "customers.id"]),
         ForeignKeyConstraint(["organization_id", "plan_code"], ["plans.organization_id", "plans.code"]),
         CheckConstraint("end_at IS NULL OR end_at > start_at", name="subscription_window"),
+        CheckConstraint(f"status IN ({SUBSCRIPTION_STATUSES_SQL})", name="subscription_status"),
+        CheckConstraint("trial_end IS NULL OR trial_end > start_at", name="subscription_trial"),
+        CheckConstraint("status <> 'trialing' OR trial_end IS NOT NULL", name="subscription_trialing"),
+        CheckConstraint(
+            "NOT cancel_at_period_end OR (status IN ('trialing','active','past_due') "
+            "AND end_at IS NOT NULL AND canceled_at IS NOT NULL)",
+            name="subscription_cancel_scheduled",
+        ),
+        CheckConstraint(
+            "status <> 'canceled' OR (end_at IS NOT NULL AND canceled_at IS NOT NULL)", name="subscription_canceled"
+        ),
         Index("ix_subscriptions_customer", "organization_id", "customer_id"),
         Index("ix_subscriptions_due", "next_close_at"),
+        # Small partial indexes for the scheduler's lifecycle jobs (they only look at these rows).
+        Index("ix_subscriptions_trialing", "trial_end", postgresql_where=text("status = 'trialing'")),
+        Index("ix_subscriptions_past_due", "organization_id", "id", postgresql_where=text("status = 'past_due'")),
+    )
+
+
+class SubscriptionStatusChange(Base):
+    """One move of a subscription's lifecycle; `seq` counts from 1 without gaps per subscription."""
+
+    __tablename__ = "subscription_status_history"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    from_status: Mapped[str | None] = mapped_column(Text)
+    to_status: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(TS)
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(Text)
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "subscription_id"], ["subscriptions.organization_id", "subscriptions.id"]
+        ),
+        CheckConstraint("seq >= 1", name="subscription_history_seq"),
     )
 
 
@@ -213,6 +256,8 @@ class Invoice(Base):
             ["subscriptions.organization_id", "subscriptions.id"],
         ),
         Index("ix_invoices_customer", "organization_id", "customer_id"),
+        # Unpaid invoices by due date, for the scheduler's overdue job; paid ones drop out of it.
+        Index("ix_invoices_unpaid_due", "due_at", postgresql_where=text("status = 'issued'")),
     )
 
 

@@ -1,13 +1,19 @@
-"""`valora scheduler`: the period close, run continuously and safely in parallel.
+"""`valora scheduler`: the period close and the subscription lifecycle jobs, run continuously and safely in parallel.
 
-Every tick the scheduler runs its jobs. The `close` job claims due periods in batches
-(`close_batch`: `FOR UPDATE SKIP LOCKED` inside one transaction per batch), so any number
-of schedulers can run at once: each batch is invoiced by exactly one of them, and a
-scheduler that dies mid-batch leaves nothing behind (its transaction rolls back and
-the rows are claimable again). A batch has a statement timeout; a job run has a time
-budget, after which the rest waits for the next tick. A period whose rating fails is
-deferred with exponential backoff and a `close_failures` record, so one poison item
-never blocks the others.
+Every tick the scheduler runs its jobs in order: `close`, `trials`, `overdue`. The `close`
+job claims due periods in batches (`close_batch`: `FOR UPDATE SKIP LOCKED` inside one
+transaction per batch), so any number of schedulers can run at once: each batch is
+invoiced by exactly one of them, and a scheduler that dies mid-batch leaves nothing
+behind (its transaction rolls back and the rows are claimable again). A batch has a
+statement timeout; the close job has a time budget, after which the rest waits for the
+next tick. A period whose rating fails is deferred with exponential backoff and a
+`close_failures` record, so one poison item never blocks the others.
+
+`trials` ends trials whose `trial_end` has passed (`invoicing.subscriptions.end_trials`);
+`overdue` moves active subscriptions with an overdue invoice to past_due and past-due ones
+whose overdue invoices are all settled back to active (`mark_overdue`, `reactivate_paid`).
+Both claim rows with `SKIP LOCKED` in batches of `batch_size`, so they are parallel-safe
+too. Every job reports the same metrics under its own `job` label.
 """
 
 from __future__ import annotations
@@ -18,15 +24,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from invoicing.close import CloseSummary, close_batch
 from invoicing.metrics import SchedulerMetrics
+from invoicing.subscriptions import end_trials, mark_overdue, reactivate_paid
 from schemas.plans import Plan
 
 log = logging.getLogger("valora.scheduler")
+
+
+class _LifecycleStep(Protocol):
+    def __call__(self, engine: Engine, *, now: datetime, limit: int, statement_timeout_ms: int | None) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -58,9 +70,8 @@ class Scheduler:
     def run_close_job(self) -> CloseSummary:
         """Close due periods batch by batch until none is claimable or the budget is spent."""
         job, total = "close", CloseSummary()
-        self.metrics.job_runs.labels(job).inc()
-        started = time.monotonic()
-        try:
+
+        def body(started: float) -> None:
             while not self.stop_event.is_set():
                 if time.monotonic() - started > self.cfg.job_budget_s:
                     self.metrics.job_timeouts.labels(job, "budget").inc()
@@ -82,18 +93,57 @@ class Scheduler:
                     log.warning("deferred: %s", error)
                 if batch.batches == 0 or batch.invoices + batch.ended == 0:
                     break
+
+        self._run_job(job, body)
+        return total
+
+    def run_trials_job(self) -> int:
+        """Convert (or end) every trial whose `trial_end` has passed; returns how many moved."""
+        return self._run_lifecycle_job("trials", [end_trials])
+
+    def run_overdue_job(self) -> int:
+        """Dunning: active subscriptions with an overdue invoice → past_due, and back once paid.
+
+        Both directions run every tick, so a payment recorded with `invoices mark-paid`
+        reactivates its subscription at the next tick. Returns how many moved.
+        """
+        return self._run_lifecycle_job("overdue", [mark_overdue, reactivate_paid])
+
+    def _run_lifecycle_job(self, job: str, steps: list[_LifecycleStep]) -> int:
+        moved = 0
+
+        def body(started: float) -> None:
+            nonlocal moved
+            for step in steps:
+                count = step(
+                    self.engine,
+                    now=self.clock(),
+                    limit=self.cfg.batch_size,
+                    statement_timeout_ms=self.cfg.statement_timeout_ms,
+                )
+                self.metrics.batch_processed.labels(job).inc(count)
+                moved += count
+
+        self._run_job(job, body)
+        return moved
+
+    def _run_job(self, job: str, body: Callable[[float], None]) -> None:
+        """Run one job with its metrics (`job` label); a failure is counted and logged, never raised."""
+        self.metrics.job_runs.labels(job).inc()
+        started = time.monotonic()
+        try:
+            body(started)
         except DBAPIError as exc:
             reason = _error_reason(exc)
             if reason == "statement_timeout":
                 self.metrics.job_timeouts.labels(job, "database").inc()
             self.metrics.job_errors.labels(job, reason).inc()
-            log.warning("close job failed (%s): %s", reason, str(exc).splitlines()[0])
+            log.warning("%s job failed (%s): %s", job, reason, str(exc).splitlines()[0])
         except Exception as exc:
             self.metrics.job_errors.labels(job, _error_reason(exc)).inc()
-            log.exception("close job failed")
+            log.exception("%s job failed", job)
         finally:
             self.metrics.job_duration.labels(job).observe(time.monotonic() - started)
-        return total
 
     def run(self, *, once: bool = False) -> CloseSummary:
         """Tick until stopped (or once); returns what was closed in all."""
@@ -102,6 +152,8 @@ class Scheduler:
         while not self.stop_event.is_set():
             self.metrics.runloop_lag.set(max(0.0, time.monotonic() - next_tick))
             total.add(self.run_close_job())
+            self.run_trials_job()
+            self.run_overdue_job()
             if once:
                 break
             next_tick += self.cfg.tick_s

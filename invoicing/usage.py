@@ -17,13 +17,15 @@ from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
+from invoicing.close import paid_from, trial_usage_free
 from invoicing.queries import _dec, _ts
 from rating import Period, period_containing, rate_plan
 from schemas.plans import Plan, load_plan
 
 
 def _rated_period(sub: m.Subscription, plan: Plan, period: Period, usage: dict[str, Decimal]) -> dict[str, Any]:
-    rated = rate_plan(plan, usage, period, active_from=sub.start_at, active_until=sub.end_at)
+    billed_usage = {} if trial_usage_free(sub, plan, period.start) else usage  # the close's trial rules
+    rated = rate_plan(plan, billed_usage, period, active_from=paid_from(sub), active_until=sub.end_at)
     return {
         "organization": sub.organization_id,
         "subscription": sub.id,

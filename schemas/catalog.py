@@ -77,6 +77,14 @@ class Customer(_Frozen):
 
 
 class Subscription(_Frozen):
+    """A customer on a plan from `start` (until `end`, if given).
+
+    `trial_end`, when given, starts the subscription in a trial that lasts until then:
+    no flat charges before it, and usage only if the plan bills trial usage. Without an
+    explicit `billing_anchor` a trial subscription's periods are anchored on `trial_end`
+    (otherwise on `start`), so its first paid period starts when the trial ends.
+    """
+
     organization: Ident
     id: Ident
     customer: Ident
@@ -84,11 +92,17 @@ class Subscription(_Frozen):
     start: UtcDatetime
     billing_anchor: UtcDatetime | None = None
     end: UtcDatetime | None = None
+    trial_end: UtcDatetime | None = None
 
     @model_validator(mode="after")
-    def _end_after_start(self) -> Subscription:
+    def _window_in_order(self) -> Subscription:
         if self.end is not None and self.end <= self.start:
             raise ValueError("end must be after start")
+        if self.trial_end is not None:
+            if self.trial_end <= self.start:
+                raise ValueError("trial_end must be after start")
+            if self.end is not None and self.trial_end >= self.end:
+                raise ValueError("trial_end must be before end")
         return self
 
 

@@ -10,6 +10,7 @@
     ├── IllegalTransition            code "illegal_transition"   (invoicing.lifecycle)
     ├── ConcurrentUpdate             code "concurrent_update"    (invoicing.commands)
     ├── InvoiceNotFound (LookupError) code "invoice_not_found"   (invoicing.commands)
+    ├── SubscriptionNotFound (LookupError) code "subscription_not_found" (invoicing.subscriptions)
     └── WorkerCrashed                code "worker_crashed"       (streams.worker)
 
 The subclasses live with the code that raises them (named in brackets above).

@@ -39,6 +39,10 @@ from streams.snapshot import CatalogSnapshot, load_snapshot
 log = logging.getLogger("valora.worker")
 
 
+_CATALOG_REASONS = frozenset({Reason.UNKNOWN_ORGANIZATION, Reason.UNKNOWN_CUSTOMER, Reason.NO_ACTIVE_SUBSCRIPTION})
+_MIN_REFRESH_S = 1.0  # at most one extra catalog load per second, however many such records arrive
+
+
 class WorkerCrashed(ValoraError):
     code = "worker_crashed"
 
@@ -186,15 +190,30 @@ class BatchProcessor:
             raise DeliveryFailed("dead letters were not delivered to the DLQ topic")
 
     def plan(self, records: list[Record]) -> BatchPlan:
-        """Decode and route a batch (CPU only); runs while the previous batch commits."""
+        """Decode and route a batch (CPU only); runs while the previous batch commits.
+
+        Rejections that depend on the catalog (unknown organization or customer, no active
+        subscription) may only mean the snapshot predates a `catalog apply`: the batch is
+        planned again on a fresh snapshot before anything is dead-lettered for that reason.
+        """
+        plan = plan_batch(
+            records, self._loaded_snapshot(), now=self.clock(), future_tolerance=self.cfg.future_tolerance
+        )
+        stale = time.monotonic() - self.snapshot_at > _MIN_REFRESH_S
+        if stale and any(d.code in _CATALOG_REASONS for d in plan.dead_letters):
+            self.snapshot = None  # reload now
+            plan = plan_batch(
+                records, self._loaded_snapshot(), now=self.clock(), future_tolerance=self.cfg.future_tolerance
+            )
+        return plan
+
+    def _loaded_snapshot(self) -> CatalogSnapshot:
         while True:
             try:
-                snapshot = self._snapshot()
-                break
+                return self._snapshot()
             except (OperationalError, psycopg.OperationalError) as exc:
                 log.warning("catalog not loaded (%s); retrying", exc)
                 time.sleep(1.0)  # Postgres away: wait off the event loop
-        return plan_batch(records, snapshot, now=self.clock(), future_tolerance=self.cfg.future_tolerance)
 
     def process(self, records: list[Record], plan: BatchPlan | None = None) -> BatchResult:
         """Commit one batch, retrying with backoff until Postgres takes it.

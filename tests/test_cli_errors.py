@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import psycopg
@@ -96,3 +97,22 @@ def test_out_of_date_schema_is_refused(database_url: str, topic_prefix: str, tmp
 def test_no_services_configured_points_at_dev_up(topic_prefix: str, tmp_path: Path) -> None:
     env = cli_env(None, None, topic_prefix, VALORA_STATE_DIR=str(tmp_path / "empty"))
     _assert_one_line_error(run_cli(["invoices", "list", "--org", "acme"], env, check=False), "valora dev up")
+
+
+def test_catalog_apply_accepts_yaml(database_url: str, topic_prefix: str, tmp_path: Path) -> None:
+    import yaml
+
+    env = cli_env(None, database_url, topic_prefix)
+    run_cli(["db", "upgrade"], env)
+    sample = json.loads((Path(__file__).parents[1] / "valora" / "sample" / "catalog.json").read_text())
+    # Unquoted decimals and a null (open-ended) tier, as people write YAML by hand.
+    text = yaml.safe_dump(sample).replace("'0.002'", "0.002").replace("'0.00002'", "0.00002")
+    assert "unit_amount: 0.002" in text and "up_to: null" in text
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    assert run_cli(["catalog", "apply", str(path)], env).stdout.startswith("applied 1 organizations")
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        row = conn.execute("SELECT spec FROM plans WHERE code = 'starter'").fetchone()
+        tiers = conn.execute("SELECT spec FROM plans WHERE code = 'pro'").fetchone()
+    assert row is not None and row[0]["charges"][1]["unit_amount"] == "0.002"  # exact, never a binary float
+    assert tiers is not None and tiers[0]["charges"][2]["tiers"][1]["up_to"] is None

@@ -159,8 +159,14 @@ def cmd_close(args: argparse.Namespace) -> int:
 
     settings = _settings()
     as_of = args.as_of or _now()
-    summary = close_due(_engine(settings), as_of=as_of, grace=settings.late_grace, clock=lambda: as_of,
-                        organization=args.org, limit=args.batch)
+    summary = close_due(
+        _engine(settings),
+        as_of=as_of,
+        grace=settings.late_grace,
+        clock=lambda: as_of,
+        organization=args.org,
+        limit=args.batch,
+    )
     print(
         f"closed {summary.invoices} period(s) as of {as_of.isoformat()}"
         + (f"; {summary.failed} failed and will be retried" if summary.failed else "")
@@ -256,6 +262,42 @@ def cmd_invoice_show(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(out)
+    return 0
+
+
+def _subscription_text(sub: dict[str, Any]) -> str:
+    scheduled = f" (cancel scheduled for {sub['end_at']})" if sub["cancel_at_period_end"] else ""
+    lines = [
+        f"{sub['organization']}/{sub['id']}  {sub['status']}{scheduled}  plan {sub['plan']}  "
+        f"customer {sub['customer']}",
+        f"  start {sub['start_at']}  trial end {sub['trial_end'] or '-'}  end {sub['end_at'] or '-'}  "
+        f"next close {sub['next_close_at'] or '-'}",
+    ]
+    for h in sub["status_history"]:
+        lines.append(f"  {h['seq']:>3}  {h['at']}  {h['from'] or '-'} → {h['to']}  {h['actor']}: {h['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_subscriptions(args: argparse.Namespace) -> int:
+    from invoicing import subscriptions as subs
+
+    engine = _engine(_settings())
+    if args.action == "show":
+        sub = subs.get_subscription(engine, args.org, args.subscription)
+    else:
+        if args.action == "revoke-cancel":
+            command = subs.revoke_cancel
+        else:
+            command = subs.schedule_cancel if args.at_period_end else subs.cancel_now
+        sub = command(
+            engine,
+            args.org,
+            args.subscription,
+            now=args.at or _now(),
+            actor=args.actor or f"cli:{os.environ.get('USER') or 'unknown'}",
+            reason=args.reason or "requested by hand",
+        )
+    print(json.dumps(sub, indent=2) if args.json else _subscription_text(sub))
     return 0
 
 
@@ -389,6 +431,29 @@ def build_parser() -> argparse.ArgumentParser:
         change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
         change.add_argument("--json", action="store_true", help="print the invoice as JSON")
         change.set_defaults(func=cmd_invoice_state)
+
+    subs = sub.add_parser("subscriptions", help="show a subscription, cancel it now or at period end, revoke a cancel")
+    subs_actions = subs.add_subparsers(dest="action", required=True)
+    subs_show = subs_actions.add_parser("show", help="one subscription with its status history")
+    subs_show.add_argument("org", metavar="ORG")
+    subs_show.add_argument("subscription", metavar="SUB")
+    subs_show.add_argument("--json", action="store_true")
+    subs_show.set_defaults(func=cmd_subscriptions)
+    subs_help = {
+        "cancel": "cancel now (the close bills a final, prorated invoice), or with --at-period-end when it ends",
+        "revoke-cancel": "keep renewing: revoke a cancel scheduled for the period's end, before that end",
+    }
+    for action, help_text in subs_help.items():
+        change = subs_actions.add_parser(action, help=help_text)
+        change.add_argument("org", metavar="ORG")
+        change.add_argument("subscription", metavar="SUB")
+        if action == "cancel":
+            change.add_argument("--at-period-end", action="store_true", help="end at the current period's end instead")
+        change.add_argument("--reason", help="recorded in the status history")
+        change.add_argument("--actor", help="who made the change (default: cli:$USER)")
+        change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
+        change.add_argument("--json", action="store_true", help="print the subscription as JSON")
+        change.set_defaults(func=cmd_subscriptions)
 
     usage = sub.add_parser("usage", help="running totals of the current period, or late usage")
     usage.add_argument("--org", required=True)

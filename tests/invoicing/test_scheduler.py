@@ -1,4 +1,4 @@
-"""The scheduler: racing closers, a SIGKILL mid-close, a poison item, and its metrics."""
+"""The scheduler: racing closers, a SIGKILL mid-close, a poison item, the lifecycle jobs, and its metrics."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 ORGS = ("alpha", "beta", "gamma")
 FEB_CLOSE = datetime(2026, 2, 1, 2, tzinfo=UTC)
+DISTINCT_PERIODS = "SELECT count(DISTINCT (organization_id, subscription_id, period_start)) FROM invoices"
 
 
 def _catalog() -> dict[str, object]:
@@ -94,7 +95,7 @@ def test_two_schedulers_racing_invoice_each_period_once_and_number_gaplessly(eng
         t.join(timeout=300)
     assert sum(r.invoices for r in results) == 3000
     assert all(r.invoices > 0 for r in results), "both schedulers should have claimed work"
-    assert _count(database_url, "SELECT count(DISTINCT (organization_id, subscription_id, period_start)) FROM invoices") == 3000
+    assert _count(database_url, DISTINCT_PERIODS) == 3000
     assert _invoice_numbers(database_url) == {org: list(range(1, 1001)) for org in ORGS}
     # A third run finds nothing left to do.
     assert _scheduler(engine)[0].run(once=True).invoices == 0
@@ -123,7 +124,7 @@ def test_scheduler_killed_mid_close_resumes_without_duplicates_or_gaps(engine: E
     months = (now.year - 2026) * 12 + now.month - 1  # periods [Jan 2026, first of this month)
     total = _count(database_url, "SELECT count(*) FROM invoices")
     assert partial < total == 3 * 400 * months
-    assert _count(database_url, "SELECT count(DISTINCT (organization_id, subscription_id, period_start)) FROM invoices") == total
+    assert _count(database_url, DISTINCT_PERIODS) == total
     for numbers in _invoice_numbers(database_url).values():
         assert numbers == list(range(1, len(numbers) + 1))
 
@@ -159,4 +160,36 @@ def test_scheduler_serves_the_dashboard_metrics(engine: Engine, database_url: st
                  "valora_scheduler_runloop_lag_seconds"):
         assert f"# TYPE {name}" in text, name
     assert 'valora_scheduler_batch_processed_total{job="close"} 9.0' in text
-    assert 'valora_scheduler_job_runs_total{job="close"} 1.0' in text
+    for job in ("close", "trials", "overdue"):
+        assert f'valora_scheduler_job_runs_total{{job="{job}"}} 1.0' in text, job
+        assert f'valora_scheduler_job_duration_seconds_count{{job="{job}"}} 1.0' in text, job
+
+
+def _statuses(url: str) -> dict[str, int]:
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        return dict(conn.execute("SELECT status, count(*) FROM subscriptions GROUP BY status").fetchall())
+
+
+def test_scheduler_ends_trials_and_runs_dunning_each_tick(engine: Engine, database_url: str) -> None:
+    _seed(database_url, 3)
+    with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("UPDATE subscriptions SET status = 'trialing', trial_end = '2026-01-15Z' "
+                     "WHERE organization_id = 'alpha' AND id = 'sc1'")
+    scheduler, registry = _scheduler(engine)
+    scheduler.run(once=True)
+    assert _statuses(database_url) == {"active": 9}
+    assert 'valora_scheduler_batch_processed_total{job="trials"} 1.0' in generate_latest(registry).decode()
+
+    # January's invoices (issued Feb 1, 30 days' terms) are overdue on March 10.
+    later = Scheduler(engine, SchedulerConfig(batch_size=4), SchedulerMetrics(registry := CollectorRegistry()),
+                      lambda: datetime(2026, 3, 10, tzinfo=UTC))
+    later.run(once=True)
+    assert _statuses(database_url) == {"past_due": 9}
+    with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as conn:
+        conn.execute("UPDATE invoices SET status = 'paid' WHERE organization_id = 'beta' AND subscription_id = 'sc2' "
+                     "AND period_start = '2026-01-01Z'")
+    later.run(once=True)
+    assert _statuses(database_url) == {"past_due": 8, "active": 1}
+    text = generate_latest(registry).decode()
+    assert 'valora_scheduler_batch_processed_total{job="overdue"} 10.0' in text
+    assert 'valora_scheduler_job_runs_total{job="overdue"} 2.0' in text

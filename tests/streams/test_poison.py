@@ -31,3 +31,41 @@ def test_a_record_the_store_refuses_is_isolated(broker: str, database_url: str, 
         total = conn.execute("SELECT quantity FROM usage_totals WHERE meter_key = 'api_calls'").fetchone()
     assert code == "rejected_by_store" and "Postgres refused" in detail and bytes(value) == poison[1]
     assert total is not None and total[0] == 40
+
+
+def test_events_for_a_customer_added_while_the_worker_runs_are_accepted(
+    broker: str, database_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    import copy
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_for
+
+    env = cli_env(broker, database_url, topic_prefix)
+    run_cli(["db", "upgrade"], env)
+    run_cli(["catalog", "apply", str(write_json(tmp_path / "catalog.json", ISSUE_CATALOG))], env)
+    topic = env["VALORA_EVENTS_TOPIC"]
+
+    def accepted() -> int:
+        with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+            row = conn.execute("SELECT coalesce(sum(accepted), 0) FROM consumer_offsets").fetchone()
+        return int(row[0]) if row else 0
+
+    worker = subprocess.Popen([sys.executable, "-m", "valora.cli", "worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        publish(broker, topic, [(b"acme", native_event("a1", "cus_1", "2026-01-20T00:00:00Z"))])
+        wait_for(lambda: accepted() == 1, timeout_s=60, message="the first event was not accepted")
+        grown = copy.deepcopy(ISSUE_CATALOG)
+        grown["customers"].append({"organization": "acme", "id": "cus_new", "name": "New"})
+        grown["subscriptions"].append({"organization": "acme", "id": "sub_new", "customer": "cus_new",
+                                       "plan": "starter", "start": "2026-01-01T00:00:00Z"})
+        run_cli(["catalog", "apply", str(write_json(tmp_path / "grown.json", grown))], env)
+        publish(broker, topic, [(b"acme", native_event("n1", "cus_new", "2026-01-20T00:00:00Z"))])
+        wait_for(lambda: accepted() == 2, timeout_s=30, message="the new customer's event was not accepted")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    with psycopg.connect(database_url.replace("+psycopg", "")) as conn:
+        assert conn.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)

@@ -1,0 +1,520 @@
+"""Subscription lifecycle commands: cancel now, schedule or revoke a cancel, dunning, trials.
+
+The transition table lives in `invoicing.lifecycle`; this module persists it. A one-off
+command (`cancel_now`, `schedule_cancel`, `revoke_cancel`) runs in one transaction:
+
+1. read the subscription (unknown → `SubscriptionNotFound`);
+2. validate the move with the pure `advance_subscription` (illegal → `IllegalTransition`;
+   before `start_at` a subscription is "not started", where no cancel is legal);
+3. write it with a compare-and-set `UPDATE ... WHERE status = :expected AND
+   cancel_at_period_end = :expected AND <the cursor and end_at as read>`; no row updated
+   means the close or another command moved it meanwhile (→ `ConcurrentUpdate`, nothing
+   written; re-read and retry);
+4. append to `subscription_status_history` (seq = previous max + 1; the CAS holds the row
+   lock), with the caller's actor and reason.
+
+The batch jobs the scheduler runs (`end_trials`, `mark_overdue`, `reactivate_paid`) claim
+rows with `FOR UPDATE SKIP LOCKED` in batches, validate each move with the same table, and
+write them with the same compare-and-set, set-based.
+
+What each move does to the billing columns:
+
+* `cancel_now`: status canceled, `end_at = now` (or the earlier end already set),
+  `canceled_at = now`; the cursor's period becomes due at `end_at`, so the close issues the
+  final, prorated invoice as soon as the late grace has passed, and moves canceled → ended.
+  If no period is left to invoice the subscription ends at once (a second history row).
+* `schedule_cancel`: flag set, `end_at` = the end of the period containing `now` (or the
+  earlier end already set); during a trial, the trial's end, as the table ends a trial with
+  a scheduled cancel at `trial_end`. `canceled_at = now` records when it was asked for.
+* `revoke_cancel`: flag cleared, `end_at` and `canceled_at` cleared, the cursor due at its
+  period's end again. Refused once `end_at` has passed: the period already ended.
+* `mark_overdue`: an active subscription with an issued, unpaid, non-zero invoice whose
+  `due_at < now` becomes past_due; the history reason names the invoice. Trialing ones are
+  left alone: the table makes dunning illegal during a trial.
+* `reactivate_paid`: a past_due subscription with no such invoice left becomes active.
+* `end_trials`: a trialing subscription whose `trial_end <= now` becomes active (ended if a
+  cancel was scheduled).
+
+A fixed term from the catalog (`end`) bounds billing but is not a lifecycle move: the table
+has no move from a live status straight to ended, so such a subscription keeps its status
+after its last invoice. `revoke_cancel` clears `end_at`; a catalog `end` it replaced comes
+back on the next `valora catalog apply`.
+
+The clock is injected (`now`), never read here.
+
+Errors:
+
+    ValoraError
+    ├── InvalidInput (ValueError)                 code "invalid_input"  (a `now` without a timezone)
+    ├── IllegalTransition (invoicing.lifecycle)   code "illegal_transition"
+    ├── ConcurrentUpdate (invoicing.commands)     code "concurrent_update"
+    └── SubscriptionNotFound (LookupError)        code "subscription_not_found"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from invoicing import models as m
+from invoicing.commands import ConcurrentUpdate
+from invoicing.lifecycle import (
+    SUBSCRIPTION_TRANSITIONS,
+    IllegalTransition,
+    SubscriptionAction,
+    SubscriptionState,
+    SubscriptionStatus,
+    advance_subscription,
+)
+from rating.periods import period_containing
+from schemas.errors import InvalidInput, ValoraError
+from schemas.plans import Plan, load_plan
+
+_A = SubscriptionAction
+
+
+class SubscriptionNotFound(ValoraError, LookupError):
+    """No subscription has this (organization, id)."""
+
+    code = "subscription_not_found"
+
+
+# --- shared with the close -----------------------------------------------------------------
+
+
+def state_of(sub: m.Subscription) -> SubscriptionState:
+    """The lifecycle state a stored subscription is in."""
+    return SubscriptionState(SubscriptionStatus(sub.status), sub.cancel_at_period_end)
+
+
+def cursor_due_at(sub: m.Subscription, plan: Plan, end_at: datetime | None) -> datetime | None:
+    """When the close's cursor period (starting at `next_period_start`) is due, given `end_at`.
+
+    The period's end, or `end_at` when the subscription ends inside the period, so a final
+    invoice need not wait for the period's end. None: no period is left to invoice.
+    """
+    if end_at is not None and sub.next_period_start >= end_at:
+        return None
+    period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
+    return period.end if end_at is None else min(period.end, end_at)
+
+
+def record_period_end(session: Session, finished: Sequence[tuple[m.Subscription, str]], at: datetime) -> None:
+    """Apply `period_end_reached` to subscriptions whose last period the close just handled.
+
+    A canceled subscription, or one with a cancel scheduled, becomes ended (with a history
+    row: actor "close", the given reason); any other state has nothing to do here. The
+    caller holds each row's lock, so the history's next seq is ours.
+    """
+    for sub, reason in finished:
+        current = state_of(sub)
+        target = SUBSCRIPTION_TRANSITIONS.get((current, _A.PERIOD_END_REACHED))
+        if target is None or target == current:
+            continue
+        sub.status, sub.cancel_at_period_end = target.status.value, target.cancel_at_period_end
+        session.flush()
+        _append_history(session, sub, current, target, at=at, actor="close", reason=reason)
+
+
+# --- one-off commands -------------------------------------------------------------------------
+
+
+def cancel_now(engine: Engine, org: str, sub_id: str, *, now: datetime, actor: str, reason: str) -> dict[str, Any]:
+    """End access at `now`: status canceled; the close then issues the final, prorated invoice.
+
+    Raises:
+        SubscriptionNotFound: unknown subscription.
+        IllegalTransition: already canceled or ended, or not started yet.
+        ConcurrentUpdate: the close or another command moved it first.
+        InvalidInput: `now` has no timezone.
+    """
+
+    def change(sub: m.Subscription, plan: Plan, at: datetime) -> dict[str, Any]:
+        end = at if sub.end_at is None else min(sub.end_at, at)
+        return {"end_at": end, "canceled_at": at} | _cursor(sub, plan, end)
+
+    return _apply(engine, org, sub_id, _A.CANCEL_NOW, now=now, actor=actor, reason=reason, change=change)
+
+
+def schedule_cancel(engine: Engine, org: str, sub_id: str, *, now: datetime, actor: str, reason: str) -> dict[str, Any]:
+    """End the subscription at the end of the current period (of the trial, during a trial).
+
+    Raises:
+        SubscriptionNotFound: unknown subscription.
+        IllegalTransition: a cancel is already scheduled, it is canceled or ended, not started
+            yet, or its trial has ended but the trials job has not converted it yet.
+        ConcurrentUpdate: the close or another command moved it first.
+        InvalidInput: `now` has no timezone.
+    """
+
+    def change(sub: m.Subscription, plan: Plan, at: datetime) -> dict[str, Any]:
+        if sub.status == SubscriptionStatus.TRIALING and sub.trial_end is not None:
+            if sub.trial_end <= at:
+                state = f"trialing, trial ended at {_ts(sub.trial_end)}"
+                raise IllegalTransition(_subject(sub), state, _A.SCHEDULE_CANCEL)
+            end = sub.trial_end
+        else:
+            end = period_containing(sub.billing_anchor, plan.interval, at, plan.interval_count).end
+        if sub.end_at is not None:
+            end = min(end, sub.end_at)
+        return {"end_at": end, "canceled_at": at} | _cursor(sub, plan, end)
+
+    return _apply(engine, org, sub_id, _A.SCHEDULE_CANCEL, now=now, actor=actor, reason=reason, change=change)
+
+
+def revoke_cancel(engine: Engine, org: str, sub_id: str, *, now: datetime, actor: str, reason: str) -> dict[str, Any]:
+    """Keep renewing: clear a scheduled cancel, as long as its period has not ended yet.
+
+    Raises:
+        SubscriptionNotFound: unknown subscription.
+        IllegalTransition: no cancel is scheduled, or its end has already passed.
+        ConcurrentUpdate: the close or another command moved it first.
+        InvalidInput: `now` has no timezone.
+    """
+
+    def change(sub: m.Subscription, plan: Plan, at: datetime) -> dict[str, Any]:
+        if sub.end_at is not None and sub.end_at <= at:
+            raise IllegalTransition(_subject(sub), f"{state_of(sub)}, ended at {_ts(sub.end_at)}", _A.REVOKE_CANCEL)
+        return {"end_at": None, "canceled_at": None} | _cursor(sub, plan, None)
+
+    return _apply(engine, org, sub_id, _A.REVOKE_CANCEL, now=now, actor=actor, reason=reason, change=change)
+
+
+def get_subscription(engine: Engine, org: str, sub_id: str) -> dict[str, Any]:
+    """One subscription in its public JSON shape, with its status history.
+
+    Raises:
+        SubscriptionNotFound: unknown subscription.
+    """
+    with Session(engine) as session:
+        return _subscription_json(session, _load(session, org, sub_id))
+
+
+_Change = Callable[[m.Subscription, Plan, datetime], dict[str, Any]]
+
+
+def _apply(
+    engine: Engine,
+    org: str,
+    sub_id: str,
+    action: SubscriptionAction,
+    *,
+    now: datetime,
+    actor: str,
+    reason: str,
+    change: _Change,
+) -> dict[str, Any]:
+    """Validate and persist one move in one transaction (see the module docstring)."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise InvalidInput(f"the time of a status change needs a timezone, got {now.isoformat()}")
+    now = now.astimezone(UTC)
+    with Session(engine) as session, session.begin():
+        sub = _load(session, org, sub_id)
+        current = state_of(sub)
+        if now < sub.start_at:
+            raise IllegalTransition(_subject(sub), f"not started (starts {_ts(sub.start_at)})", action)
+        target = advance_subscription(current, action, subject=_subject(sub))
+        values = change(sub, load_plan(session.get_one(m.Plan, (org, sub.plan_code)).spec), now)
+        values |= {"status": target.status.value, "cancel_at_period_end": target.cancel_at_period_end}
+        _compare_and_set(session, sub, current, values, action)
+        session.refresh(sub)
+        _append_history(session, sub, current, target, at=now, actor=actor, reason=_reason(action, sub, reason))
+        if sub.next_close_at is None:  # nothing left to invoice: the period end is already behind it
+            record_period_end(session, [(sub, "no period left to invoice")], now)
+        return _subscription_json(session, sub)
+
+
+def _cursor(sub: m.Subscription, plan: Plan, end_at: datetime | None) -> dict[str, Any]:
+    """The cursor's due time under a new `end_at`; a finished cursor stays finished."""
+    return {"next_close_at": None if sub.next_close_at is None else cursor_due_at(sub, plan, end_at)}
+
+
+def _compare_and_set(
+    session: Session,
+    sub: m.Subscription,
+    current: SubscriptionState,
+    values: dict[str, Any],
+    action: SubscriptionAction,
+) -> None:
+    """Write `values` only if the row still holds what the move was computed from.
+
+    Raises:
+        ConcurrentUpdate: it does not; nothing was written.
+    """
+    s = m.Subscription
+    moved = session.execute(
+        update(s)
+        .where(
+            s.organization_id == sub.organization_id,
+            s.id == sub.id,
+            s.status == current.status.value,
+            s.cancel_at_period_end == current.cancel_at_period_end,
+            s.next_period_start == sub.next_period_start,
+            s.next_close_at.is_not_distinct_from(sub.next_close_at),
+            s.end_at.is_not_distinct_from(sub.end_at),
+        )
+        .values(**values)
+        .returning(s.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if moved is None:
+        raise ConcurrentUpdate(
+            f"{_subject(sub)} is no longer {current} as read: another change won the race to {action}; "
+            "re-read it and retry"
+        )
+
+
+def _reason(action: SubscriptionAction, sub: m.Subscription, reason: str) -> str:
+    """The history reason; a scheduled cancel and its revocation keep the status, so say which it was."""
+    if action is _A.SCHEDULE_CANCEL:
+        return f"cancel scheduled for {_ts(sub.end_at)}: {reason}"
+    if action is _A.REVOKE_CANCEL:
+        return f"scheduled cancel revoked: {reason}"
+    return reason
+
+
+# --- batch jobs (the scheduler's "trials" and "overdue") -------------------------------------
+
+_OVERDUE = (
+    "i.status = 'issued' AND i.due_at < :now AND i.total_minor > 0 "
+    "AND i.organization_id = s.organization_id AND i.subscription_id = s.id"
+)
+
+
+def end_trials(
+    engine: Engine,
+    *,
+    now: datetime,
+    actor: str = "scheduler",
+    limit: int = 1000,
+    statement_timeout_ms: int | None = None,
+) -> int:
+    """Move every trialing subscription whose trial has ended (`trial_end <= now`); returns how many moved.
+
+    A trial becomes active, or ended if a cancel was scheduled during it.
+    """
+    sql = (
+        "SELECT s.organization_id, s.id, s.status, s.cancel_at_period_end, "
+        "'trial ended at ' || to_char(s.trial_end AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+        "FROM subscriptions s WHERE s.status = 'trialing' AND s.trial_end <= :now "
+        "ORDER BY s.trial_end LIMIT :limit FOR UPDATE OF s SKIP LOCKED"
+    )
+    return _run_batches(engine, sql, _A.TRIAL_END, now=now, actor=actor, limit=limit, timeout_ms=statement_timeout_ms)
+
+
+def mark_overdue(
+    engine: Engine,
+    *,
+    now: datetime,
+    actor: str = "scheduler",
+    limit: int = 1000,
+    statement_timeout_ms: int | None = None,
+) -> int:
+    """Move active subscriptions with an overdue invoice (issued, unpaid, `due_at < now`) to past_due.
+
+    Returns how many moved; the history reason names the oldest overdue invoice.
+    """
+    sql = (
+        "SELECT s.organization_id, s.id, s.status, s.cancel_at_period_end, "
+        "'invoice ' || coalesce(o.number, o.id) || ' overdue since ' || "
+        "to_char(o.due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+        "FROM subscriptions s CROSS JOIN LATERAL (SELECT i.id, i.number, i.due_at FROM invoices i "
+        f"WHERE {_OVERDUE} ORDER BY i.due_at, i.id LIMIT 1) o "
+        "WHERE s.status = 'active' AND (s.organization_id, s.id) IN (SELECT i.organization_id, i.subscription_id "
+        "FROM invoices i WHERE i.status = 'issued' AND i.due_at < :now AND i.total_minor > 0) "
+        "ORDER BY s.organization_id, s.id LIMIT :limit FOR UPDATE OF s SKIP LOCKED"
+    )
+    return _run_batches(
+        engine, sql, _A.INVOICE_OVERDUE, now=now, actor=actor, limit=limit, timeout_ms=statement_timeout_ms
+    )
+
+
+def reactivate_paid(
+    engine: Engine,
+    *,
+    now: datetime,
+    actor: str = "scheduler",
+    limit: int = 1000,
+    statement_timeout_ms: int | None = None,
+) -> int:
+    """Move past_due subscriptions that have no overdue invoice left back to active; returns how many."""
+    sql = (
+        "SELECT s.organization_id, s.id, s.status, s.cancel_at_period_end, 'no overdue invoice left' "
+        f"FROM subscriptions s WHERE s.status = 'past_due' AND NOT EXISTS (SELECT 1 FROM invoices i WHERE {_OVERDUE}) "
+        "ORDER BY s.organization_id, s.id LIMIT :limit FOR UPDATE OF s SKIP LOCKED"
+    )
+    return _run_batches(
+        engine, sql, _A.INVOICE_PAID, now=now, actor=actor, limit=limit, timeout_ms=statement_timeout_ms
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    organization_id: str
+    id: str
+    current: SubscriptionState
+    target: SubscriptionState
+    reason: str
+
+
+def _run_batches(
+    engine: Engine,
+    claim_sql: str,
+    action: SubscriptionAction,
+    *,
+    now: datetime,
+    actor: str,
+    limit: int,
+    timeout_ms: int | None,
+) -> int:
+    """Claim rows with `claim_sql` and move them under `action`, one transaction per batch, until none is left.
+
+    Rows another transaction holds are skipped (the next tick sees them); a row whose move
+    the table forbids is left as it is.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise InvalidInput(f"the time of a status change needs a timezone, got {now.isoformat()}")
+    moved = 0
+    while True:
+        with Session(engine) as session, session.begin():
+            if timeout_ms is not None:
+                session.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
+            rows = session.execute(text(claim_sql), {"now": now, "limit": limit}).all()
+            moves = []
+            for org, sub_id, status, scheduled, reason in rows:
+                current = SubscriptionState(SubscriptionStatus(status), scheduled)
+                target = SUBSCRIPTION_TRANSITIONS.get((current, action))
+                if target is not None and target != current:
+                    moves.append(_Move(org, sub_id, current, target, reason))
+            written = _move_many(session, moves, at=now, actor=actor)
+        moved += written
+        if len(rows) < limit or written == 0:  # a full batch that moved nothing would only be claimed again
+            return moved
+
+
+def _move_many(session: Session, moves: list[_Move], *, at: datetime, actor: str) -> int:
+    """Compare-and-set each move and append its history row, set-based; returns how many were written."""
+    if not moves:
+        return 0
+    cols = {
+        "o": [mv.organization_id for mv in moves],
+        "s": [mv.id for mv in moves],
+        "fs": [mv.current.status.value for mv in moves],
+        "ff": [mv.current.cancel_at_period_end for mv in moves],
+        "ts": [mv.target.status.value for mv in moves],
+        "tf": [mv.target.cancel_at_period_end for mv in moves],
+        "r": [mv.reason for mv in moves],
+    }
+    result = session.execute(
+        text(
+            "WITH u AS (SELECT * FROM unnest(CAST(:o AS text[]), CAST(:s AS text[]), CAST(:fs AS text[]), "
+            "CAST(:ff AS boolean[]), CAST(:ts AS text[]), CAST(:tf AS boolean[]), CAST(:r AS text[])) "
+            "AS u(o, s, fs, ff, ts, tf, r)), "
+            "moved AS (UPDATE subscriptions t SET status = u.ts, cancel_at_period_end = u.tf FROM u "
+            "WHERE t.organization_id = u.o AND t.id = u.s AND t.status = u.fs AND t.cancel_at_period_end = u.ff "
+            "RETURNING u.o, u.s, u.fs, u.ts, u.r) "
+            "INSERT INTO subscription_status_history "
+            "(organization_id, subscription_id, seq, from_status, to_status, at, reason, actor) "
+            "SELECT moved.o, moved.s, coalesce((SELECT max(h.seq) FROM subscription_status_history h "
+            "WHERE h.organization_id = moved.o AND h.subscription_id = moved.s), 0) + 1, "
+            "moved.fs, moved.ts, :at, moved.r, :actor FROM moved"
+        ),
+        cols | {"at": at, "actor": actor},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _load(session: Session, org: str, sub_id: str) -> m.Subscription:
+    """The subscription as stored now (bypassing anything the session cached).
+
+    Raises:
+        SubscriptionNotFound: unknown subscription.
+    """
+    sub = session.get(m.Subscription, (org, sub_id), populate_existing=True)
+    if sub is None:
+        raise SubscriptionNotFound(f"no subscription {sub_id!r} in organization {org!r}")
+    return sub
+
+
+def _append_history(
+    session: Session,
+    sub: m.Subscription,
+    current: SubscriptionState,
+    target: SubscriptionState,
+    *,
+    at: datetime,
+    actor: str,
+    reason: str,
+) -> None:
+    """Add the next history row; the caller holds the subscription's row lock, so seq is ours."""
+    h = m.SubscriptionStatusChange
+    last = session.scalar(
+        select(func.coalesce(func.max(h.seq), 0)).where(
+            h.organization_id == sub.organization_id, h.subscription_id == sub.id
+        )
+    )
+    session.execute(
+        insert(h).values(
+            organization_id=sub.organization_id,
+            subscription_id=sub.id,
+            seq=int(last or 0) + 1,
+            from_status=current.status.value,
+            to_status=target.status.value,
+            at=at,
+            reason=reason,
+            actor=actor,
+        )
+    )
+
+
+def _subscription_json(session: Session, sub: m.Subscription) -> dict[str, Any]:
+    """One subscription in its public JSON shape: stable keys, history in seq order."""
+    h = m.SubscriptionStatusChange
+    history = session.scalars(
+        select(h)
+        .where(h.organization_id == sub.organization_id, h.subscription_id == sub.id)
+        .order_by(h.seq)
+        .execution_options(populate_existing=True)
+    )
+    return {
+        "organization": sub.organization_id,
+        "id": sub.id,
+        "customer": sub.customer_id,
+        "plan": sub.plan_code,
+        "status": sub.status,
+        "cancel_at_period_end": sub.cancel_at_period_end,
+        "start_at": _ts(sub.start_at),
+        "billing_anchor": _ts(sub.billing_anchor),
+        "trial_end": _ts(sub.trial_end),
+        "end_at": _ts(sub.end_at),
+        "canceled_at": _ts(sub.canceled_at),
+        "next_period_start": _ts(sub.next_period_start),
+        "next_close_at": _ts(sub.next_close_at),
+        "status_history": [
+            {
+                "seq": c.seq,
+                "from": c.from_status,
+                "to": c.to_status,
+                "at": _ts(c.at),
+                "reason": c.reason,
+                "actor": c.actor,
+            }
+            for c in history
+        ],
+    }
+
+
+def _subject(sub: m.Subscription) -> str:
+    return f"subscription {sub.organization_id}/{sub.id}"
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
