@@ -100,13 +100,17 @@ def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contrib
         )
     out: list[Contribution] = []
     org, key, props, event_id = event.organization, event.dedup_key, event.properties, event.id
+    values: dict[tuple[tuple[str, ...], bool], tuple[Decimal, str | None]] = {}  # meters sharing a property
     for meter in snapshot.meters_by_type.get((org, event.type), ()):
         if meter.filters and not _matches(meter, props):
             continue
         agg = meter.aggregation
         value, unique = _ONE, None
         if agg is not _COUNT:
-            value, unique = _meter_value(meter, props)
+            slot = (meter.value_path, agg is _UNIQUE)
+            if slot not in values:
+                values[slot] = _meter_value(meter, props)
+            value, unique = values[slot]
         mkey = meter.key
         for sub in active:
             if mkey in sub.meter_keys:

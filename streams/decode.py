@@ -95,6 +95,8 @@ def decode_record(key: bytes | None, value: bytes | None, *, now: datetime, futu
 
 def read_path(properties: dict[str, Any], path: tuple[str, ...]) -> Any:
     """Follow a dotted property path; None when any step is missing."""
+    if len(path) == 1:
+        return properties.get(path[0])
     node: Any = properties
     for step in path:
         if not isinstance(node, dict):
