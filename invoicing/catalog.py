@@ -221,6 +221,7 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
                     "currency": o.currency,
                     "payment_terms_days": o.payment_terms_days,
                     "invoice_prefix": o.invoice_prefix or _default_prefix(o.id),
+                    "draft_grace_s": o.draft_grace,
                 }
                 for o in cat.organizations
             ],

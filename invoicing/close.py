@@ -11,7 +11,8 @@ that period is due). A period is due once `next_close_at <= cutoff`, where
    meters) and reads their final quantities in the same statement, so an event the
    worker commits afterwards becomes late usage instead of being lost;
 3. rates each period with `rating.rate_plan`, adds adjustment lines for late usage of
-   earlier periods, and writes the invoices with the next gapless numbers;
+   earlier periods, and writes the invoices with the next gapless numbers (or, for an
+   organization with a `draft_grace_s`, as unnumbered drafts the scheduler issues later);
 4. advances each cursor by one period and, when no period is left, applies the
    lifecycle's `period_end_reached` (canceled, or cancel scheduled → ended).
 
@@ -244,10 +245,14 @@ def _late_lines(session: Session, items: list[_Item]) -> dict[str, list[BilledLi
 
 
 def _numbers(session: Session, items: list[_Item], orgs: dict[str, m.Organization], year: int) -> dict[str, str]:
-    """Gapless numbers for the batch, in item order within each organization."""
+    """Gapless numbers for the batch's invoices issued now, in item order within each organization.
+
+    Invoices of an organization with a draft grace period are drafts: they get no number here.
+    """
     per_org: dict[str, list[_Item]] = defaultdict(list)
     for item in items:
-        per_org[item.sub.organization_id].append(item)
+        if orgs[item.sub.organization_id].draft_grace_s == 0:
+            per_org[item.sub.organization_id].append(item)
     firsts = reserve_numbers(session, {org: len(its) for org, its in per_org.items()}, year)
     return {
         item.invoice_id: format_number(orgs[org].invoice_prefix, year, firsts[org] + offset)
@@ -262,14 +267,15 @@ _INVOICE_COLS = (
     "number",
     "customer_id",
     "subscription_id",
-    "status",
     "currency",
     "period_start",
     "period_end",
-    "issued_at",
-    "due_at",
     "subtotal_minor",
     "total_minor",
+    "status",
+    "issued_at",
+    "due_at",
+    "issue_after",
 )
 _LINE_COLS = (
     "invoice_id",
@@ -288,8 +294,22 @@ _LINE_COLS = (
 _HISTORY_COLS = ("invoice_id", "seq", "from_status", "to_status", "at", "reason", "actor")
 
 
+def _status_and_dates(
+    org: m.Organization, number: str | None, closed_at: datetime
+) -> tuple[str, datetime | None, datetime | None, datetime | None]:
+    """(status, issued_at, due_at, issue_after) of a new invoice: issued now when numbered, else a draft."""
+    if number is not None:
+        return "issued", closed_at, closed_at + timedelta(days=org.payment_terms_days), None
+    return "draft", None, None, closed_at + timedelta(seconds=org.draft_grace_s)
+
+
 def _write_invoices(session: Session, items: list[_Item], orgs: dict[str, m.Organization], issued_at: datetime) -> None:
-    """COPY the batch's invoices, lines and first history rows (inside the batch's transaction)."""
+    """COPY the batch's invoices, lines and first history rows (inside the batch's transaction).
+
+    An organization without a draft grace period gets its invoices issued and numbered now;
+    one with a grace gets drafts (no number, no dates) with `issue_after = issued_at + grace`,
+    which the scheduler's `issue_drafts` job issues (`invoicing.commands.issue_due_drafts`).
+    """
     numbers = _numbers(session, items, orgs, issued_at.year)
     raw = session.connection().connection.driver_connection
     assert raw is not None
@@ -297,22 +317,20 @@ def _write_invoices(session: Session, items: list[_Item], orgs: dict[str, m.Orga
         with cur.copy(f"COPY invoices ({', '.join(_INVOICE_COLS)}) FROM STDIN") as copy:
             for item in items:
                 sub, total = item.sub, sum(line.amount_minor for line in item.lines)
-                due = issued_at + timedelta(days=orgs[sub.organization_id].payment_terms_days)
+                number = numbers.get(item.invoice_id)
                 copy.write_row(
                     (
                         item.invoice_id,
                         sub.organization_id,
-                        numbers[item.invoice_id],
+                        number,
                         sub.customer_id,
                         sub.id,
-                        "issued",
                         item.plan.currency,
                         item.period.start,
                         item.period.end,
-                        issued_at,
-                        due,
                         total,
                         total,
+                        *_status_and_dates(orgs[sub.organization_id], number, issued_at),
                     )
                 )
         with cur.copy(f"COPY invoice_lines ({', '.join(_LINE_COLS)}) FROM STDIN") as copy:
@@ -336,7 +354,8 @@ def _write_invoices(session: Session, items: list[_Item], orgs: dict[str, m.Orga
                     )
         with cur.copy(f"COPY invoice_status_history ({', '.join(_HISTORY_COLS)}) FROM STDIN") as copy:
             for item in items:
-                copy.write_row((item.invoice_id, 1, None, "issued", issued_at, "period closed", "close"))
+                status = "issued" if item.invoice_id in numbers else "draft"
+                copy.write_row((item.invoice_id, 1, None, status, issued_at, "period closed", "close"))
 
 
 def _advance(sub: m.Subscription, plan: Plan, period: Period) -> None:

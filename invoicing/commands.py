@@ -1,4 +1,4 @@
-"""Invoice state commands: issue, void, mark paid, mark uncollectible, and read one invoice.
+"""Invoice state commands: issue, void, mark paid, mark uncollectible, read one invoice; issue due drafts.
 
 Each command runs in one transaction:
 
@@ -15,6 +15,13 @@ transaction (so a failed issue rolls the number back with everything else) and s
 `issued_at = now` and `due_at = now + payment_terms_days`. After issue an invoice's
 amounts and lines never change; these commands only ever write its status.
 
+`issue_due_drafts` is the scheduler's `issue_drafts` job: it issues, in batches, the drafts
+the close wrote for an organization with a draft grace period once `issue_after` has
+passed. A draft issued or voided by hand before that is no longer a draft, so the job
+never sees it again (every move also clears `issue_after`; a CHECK allows it on drafts only).
+Hand issues lock the invoice before taking a number and the job claims with `SKIP LOCKED`,
+so the two can run in parallel: each draft is issued once and numbering stays gapless.
+
 The clock is injected (`now`), never read here.
 
 Errors:
@@ -28,10 +35,11 @@ Errors:
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
@@ -39,6 +47,8 @@ from invoicing.lifecycle import InvoiceAction, InvoiceStatus, advance_invoice
 from invoicing.numbering import format_number, reserve_numbers
 from invoicing.queries import invoice_json
 from schemas.errors import InvalidInput, ValoraError
+
+DRAFT_GRACE_OVER = "draft grace period over"
 
 
 class InvoiceNotFound(ValoraError, LookupError):
@@ -63,6 +73,90 @@ def issue_invoice(engine: Engine, invoice_id: str, *, now: datetime, actor: str,
         InvalidInput: `now` has no timezone.
     """
     return _apply(engine, invoice_id, InvoiceAction.ISSUE, now=now, actor=actor, reason=reason)
+
+
+def issue_due_drafts(
+    engine: Engine,
+    *,
+    now: datetime,
+    actor: str = "scheduler",
+    limit: int = 500,
+    statement_timeout_ms: int | None = None,
+) -> int:
+    """Issue every draft whose grace period is over (`issue_after <= now`); returns how many were issued.
+
+    One transaction per batch of `limit`: claim drafts with `FOR UPDATE SKIP LOCKED` (so
+    parallel jobs, and hand issues holding a row, are skipped rather than waited for),
+    reserve the batch's gapless numbers per organization and give them out in the order
+    organization, period start, subscription; set `issued_at = now`, the due date and a
+    history row each. A job run alone numbers all due drafts in that order; racing jobs each
+    number their own batches in it, and the sequence row keeps numbers gapless either way.
+
+    Raises:
+        InvalidInput: `now` has no timezone.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise InvalidInput(f"the time of a status change needs a timezone, got {now.isoformat()}")
+    now = now.astimezone(UTC)
+    target = advance_invoice(InvoiceStatus.DRAFT, InvoiceAction.ISSUE, subject="a draft")
+    issued = 0
+    while True:
+        with Session(engine) as session, session.begin():
+            if statement_timeout_ms is not None:
+                session.execute(text(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}"))
+            claimed = session.execute(
+                select(m.Invoice.id, m.Invoice.organization_id)
+                .where(m.Invoice.status == InvoiceStatus.DRAFT.value, m.Invoice.issue_after <= now)
+                .order_by(m.Invoice.organization_id, m.Invoice.period_start, m.Invoice.subscription_id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if claimed:
+                _issue_claimed(session, [(row.id, row.organization_id) for row in claimed], target, now, actor)
+        issued += len(claimed)
+        if len(claimed) < limit:
+            return issued
+
+
+def _issue_claimed(
+    session: Session, claimed: list[tuple[str, str]], target: InvoiceStatus, now: datetime, actor: str
+) -> None:
+    """Number, date and record the claimed drafts (locked by this transaction, in numbering order)."""
+    orgs = {
+        o.id: o for o in session.scalars(select(m.Organization).where(m.Organization.id.in_({o for _, o in claimed})))
+    }
+    counts = Counter(org for _, org in claimed)
+    firsts = reserve_numbers(session, counts, now.year)
+    taken: Counter[str] = Counter()
+    numbers, dues = [], []
+    for _, org in claimed:
+        numbers.append(format_number(orgs[org].invoice_prefix, now.year, firsts[org] + taken[org]))
+        taken[org] += 1
+        dues.append(now + timedelta(days=orgs[org].payment_terms_days))
+    ids = [invoice_id for invoice_id, _ in claimed]
+    session.execute(
+        text(
+            "UPDATE invoices i SET status = :status, number = u.num, issued_at = :now, due_at = u.due, "
+            "issue_after = NULL FROM unnest(CAST(:ids AS text[]), CAST(:nums AS text[]), "
+            "CAST(:dues AS timestamptz[])) AS u(id, num, due) WHERE i.id = u.id"
+        ),
+        {"status": target.value, "now": now, "ids": ids, "nums": numbers, "dues": dues},
+    )
+    session.execute(
+        text(
+            "INSERT INTO invoice_status_history (invoice_id, seq, from_status, to_status, at, reason, actor) "
+            "SELECT u.id, coalesce((SELECT max(h.seq) FROM invoice_status_history h WHERE h.invoice_id = u.id), 0) "
+            "+ 1, :from_status, :to_status, :now, :reason, :actor FROM unnest(CAST(:ids AS text[])) AS u(id)"
+        ),
+        {
+            "from_status": InvoiceStatus.DRAFT.value,
+            "to_status": target.value,
+            "now": now,
+            "reason": DRAFT_GRACE_OVER,
+            "actor": actor,
+            "ids": ids,
+        },
+    )
 
 
 def void_invoice(engine: Engine, invoice_id: str, *, now: datetime, actor: str, reason: str) -> dict[str, Any]:
@@ -144,8 +238,10 @@ def _apply(
         inv = _load(session, invoice_id)
         current = InvoiceStatus(inv.status)
         target = advance_invoice(current, action, subject=f"invoice {invoice_id}")
-        values: dict[str, Any] = {"status": target.value}
+        # Every move leaves draft (or was never in it), so a draft's grace deadline never outlives it.
+        values: dict[str, Any] = {"status": target.value, "issue_after": None}
         if action is InvoiceAction.ISSUE:
+            _lock_unchanged(session, invoice_id, current, action)
             values |= _issue_values(session, inv.organization_id, now)
         moved = session.execute(
             update(m.Invoice)
@@ -156,12 +252,32 @@ def _apply(
         ).scalar_one_or_none()
         if moved is None:
             # Raising rolls back the whole transaction, including a number taken for an issue.
-            raise ConcurrentUpdate(
-                f"invoice {invoice_id} is no longer {current}: another change won the race to {action}; "
-                "re-read it and retry"
-            )
+            raise _lost_race(invoice_id, current, action)
         _append_history(session, invoice_id, current, target, at=now, actor=actor, reason=reason)
         return _invoice_json(session, invoice_id)
+
+
+def _lost_race(invoice_id: str, current: InvoiceStatus, action: InvoiceAction) -> ConcurrentUpdate:
+    return ConcurrentUpdate(
+        f"invoice {invoice_id} is no longer {current}: another change won the race to {action}; re-read it and retry"
+    )
+
+
+def _lock_unchanged(session: Session, invoice_id: str, current: InvoiceStatus, action: InvoiceAction) -> None:
+    """Lock the invoice's row if it is still `current` (the compare-and-set's first half).
+
+    Issuing locks the invoice before it takes a number, in the same order as the
+    `issue_drafts` job (invoice rows, then the sequence row), so the two never deadlock; a
+    row another writer moved meanwhile fails the re-checked `WHERE` and nothing is taken.
+
+    Raises:
+        ConcurrentUpdate: another writer moved the invoice first.
+    """
+    locked = session.execute(
+        select(m.Invoice.id).where(m.Invoice.id == invoice_id, m.Invoice.status == current.value).with_for_update()
+    ).scalar_one_or_none()
+    if locked is None:
+        raise _lost_race(invoice_id, current, action)
 
 
 def _issue_values(session: Session, organization_id: str, now: datetime) -> dict[str, Any]:

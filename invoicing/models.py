@@ -46,6 +46,9 @@ class Organization(Base):
     currency: Mapped[str] = mapped_column(String(3))
     payment_terms_days: Mapped[int] = mapped_column(Integer, default=30)
     invoice_prefix: Mapped[str] = mapped_column(Text)
+    # How long the close's invoices stay drafts before the `issue_drafts` job issues them (0: issued at once).
+    draft_grace_s: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    __table_args__ = (CheckConstraint("draft_grace_s >= 0", name="organization_draft_grace"),)
 
 
 class Meter(Base):
@@ -241,6 +244,8 @@ class Invoice(Base):
     period_end: Mapped[datetime] = mapped_column(TS)
     issued_at: Mapped[datetime | None] = mapped_column(TS)
     due_at: Mapped[datetime | None] = mapped_column(TS)
+    # A draft the close wrote in its organization's grace period: when the scheduler may issue it.
+    issue_after: Mapped[datetime | None] = mapped_column(TS)
     subtotal_minor: Mapped[int] = mapped_column(BigInteger)
     total_minor: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (
@@ -251,6 +256,7 @@ class Invoice(Base):
             "number IS NOT NULL OR (status IN ('draft', 'void') AND issued_at IS NULL)", name="invoice_numbered"
         ),
         CheckConstraint("total_minor = subtotal_minor", name="invoice_total"),
+        CheckConstraint("issue_after IS NULL OR status = 'draft'", name="invoice_issue_after_draft"),
         ForeignKeyConstraint(
             ["organization_id", "subscription_id"],
             ["subscriptions.organization_id", "subscriptions.id"],
@@ -258,6 +264,8 @@ class Invoice(Base):
         Index("ix_invoices_customer", "organization_id", "customer_id"),
         # Unpaid invoices by due date, for the scheduler's overdue job; paid ones drop out of it.
         Index("ix_invoices_unpaid_due", "due_at", postgresql_where=text("status = 'issued'")),
+        # Drafts waiting for their grace period, for the scheduler's issue_drafts job.
+        Index("ix_invoices_drafts_due", "issue_after", postgresql_where=text("status = 'draft'")),
     )
 
 

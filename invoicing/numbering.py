@@ -18,12 +18,15 @@ def reserve_numbers(session: Session, counts: Mapping[str, int], year: int) -> d
     org_ids = sorted(counts)
     if not org_ids:
         return {}
-    rows = session.execute(text(
-        "INSERT INTO invoice_sequences AS q (organization_id, year, last_number) "
-        "SELECT o, :year, n FROM unnest(CAST(:orgs AS text[]), CAST(:counts AS bigint[])) AS u(o, n) "
-        "ON CONFLICT (organization_id, year) DO UPDATE SET last_number = q.last_number + excluded.last_number "
-        "RETURNING organization_id, last_number"
-    ), {"year": year, "orgs": org_ids, "counts": [counts[o] for o in org_ids]}).all()
+    rows = session.execute(
+        text(
+            "INSERT INTO invoice_sequences AS q (organization_id, year, last_number) "
+            "SELECT o, :year, n FROM unnest(CAST(:orgs AS text[]), CAST(:counts AS bigint[])) AS u(o, n) "
+            "ON CONFLICT (organization_id, year) DO UPDATE SET last_number = q.last_number + excluded.last_number "
+            "RETURNING organization_id, last_number"
+        ),
+        {"year": year, "orgs": org_ids, "counts": [counts[o] for o in org_ids]},
+    ).all()
     return {org: last - counts[org] + 1 for org, last in rows}
 
 

@@ -1,6 +1,6 @@
 """`valora scheduler`: the period close and the subscription lifecycle jobs, run continuously and safely in parallel.
 
-Every tick the scheduler runs its jobs in order: `close`, `trials`, `overdue`. The `close`
+Every tick the scheduler runs its jobs in order: `close`, `issue_drafts`, `trials`, `overdue`. The `close`
 job claims due periods in batches (`close_batch`: `FOR UPDATE SKIP LOCKED` inside one
 transaction per batch), so any number of schedulers can run at once: each batch is
 invoiced by exactly one of them, and a scheduler that dies mid-batch leaves nothing
@@ -9,11 +9,15 @@ statement timeout; the close job has a time budget, after which the rest waits f
 next tick. A period whose rating fails is deferred with exponential backoff and a
 `close_failures` record, so one poison item never blocks the others.
 
+`issue_drafts` issues the drafts the close wrote for organizations with a draft grace
+period once their `issue_after` has passed (`invoicing.commands.issue_due_drafts`), with
+gapless numbers in the order organization, period start, subscription.
 `trials` ends trials whose `trial_end` has passed (`invoicing.subscriptions.end_trials`);
 `overdue` moves active subscriptions with an overdue invoice to past_due and past-due ones
 whose overdue invoices are all settled back to active (`mark_overdue`, `reactivate_paid`).
 Both claim rows with `SKIP LOCKED` in batches of `batch_size`, so they are parallel-safe
-too. Every job reports the same metrics under its own `job` label.
+too, as is `issue_drafts`. Every job reports the same metrics under its own `job` label
+(`batch_processed` counts what it did: periods closed, subscriptions moved, drafts issued).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from invoicing.close import CloseSummary, close_batch
+from invoicing.commands import issue_due_drafts
 from invoicing.metrics import SchedulerMetrics
 from invoicing.subscriptions import end_trials, mark_overdue, reactivate_paid
 from schemas.plans import Plan
@@ -97,6 +102,10 @@ class Scheduler:
         self._run_job(job, body)
         return total
 
+    def run_issue_drafts_job(self) -> int:
+        """Issue every draft whose grace period is over; returns how many were issued."""
+        return self._run_lifecycle_job("issue_drafts", [issue_due_drafts])
+
     def run_trials_job(self) -> int:
         """Convert (or end) every trial whose `trial_end` has passed; returns how many moved."""
         return self._run_lifecycle_job("trials", [end_trials])
@@ -152,6 +161,7 @@ class Scheduler:
         while not self.stop_event.is_set():
             self.metrics.runloop_lag.set(max(0.0, time.monotonic() - next_tick))
             total.add(self.run_close_job())
+            self.run_issue_drafts_job()
             self.run_trials_job()
             self.run_overdue_job()
             if once:

@@ -6,11 +6,12 @@ contract: frozen models, unknown fields rejected, every decimal parsed exactly.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from schemas.plans import Plan
 
@@ -25,6 +26,39 @@ def _utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+_DURATION = re.compile(r"^([0-9]+)([smhd]?)$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DRAFT_GRACE_S = 365 * 86400
+
+
+def _duration_s(value: Any) -> Any:
+    """Seconds from a duration: an integer of seconds, or a string like "3600", "90s", "15m", "1h", "2d"."""
+    seconds: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (match := _DURATION.match(value)) is not None:
+        seconds = int(match[1]) * _UNIT_S[match[2]]
+    if seconds is None or not 0 <= seconds <= MAX_DRAFT_GRACE_S:
+        raise ValueError(
+            f"must be a duration from 0 to 365 days: seconds, or like '90s', '15m', '1h', '2d' (got {value!r})"
+        )
+    return seconds
+
+
+DurationSeconds = Annotated[
+    int,
+    BeforeValidator(_duration_s),
+    Field(ge=0, le=MAX_DRAFT_GRACE_S),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": MAX_DRAFT_GRACE_S},
+                {"type": "string", "pattern": _DURATION.pattern},
+            ]
+        }
+    ),
+]
 
 
 class Aggregation(StrEnum):
@@ -42,11 +76,25 @@ class _Frozen(BaseModel):
 
 
 class Organization(_Frozen):
+    """A tenant: its currency, payment terms and invoice numbering.
+
+    `draft_grace` (default 0) is how long the close's invoices stay drafts before they are
+    issued: an integer of seconds, or a string of digits with an optional unit `s`, `m`, `h`
+    or `d` ("3600", "90s", "15m", "1h", "2d"), at most 365 days; kept as seconds. With 0 the
+    close issues and numbers each invoice at once. Otherwise it writes an unnumbered draft,
+    which can be reviewed, issued early or voided by hand, and which the scheduler's
+    `issue_drafts` job issues once the grace has passed. Changing the grace does not move
+    drafts already written.
+    """
+
     id: Ident
     name: str
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     payment_terms_days: int = Field(default=30, ge=0, le=365)
     invoice_prefix: str | None = Field(default=None, pattern=r"^[A-Z0-9]{1,12}$")
+    draft_grace: DurationSeconds = Field(
+        default=0, description="How long the close's invoices stay drafts: seconds, or e.g. '90s', '15m', '1h', '2d'."
+    )
 
 
 class Meter(_Frozen):

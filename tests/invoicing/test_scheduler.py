@@ -160,7 +160,7 @@ def test_scheduler_serves_the_dashboard_metrics(engine: Engine, database_url: st
                  "valora_scheduler_runloop_lag_seconds"):
         assert f"# TYPE {name}" in text, name
     assert 'valora_scheduler_batch_processed_total{job="close"} 9.0' in text
-    for job in ("close", "trials", "overdue"):
+    for job in ("close", "issue_drafts", "trials", "overdue"):
         assert f'valora_scheduler_job_runs_total{{job="{job}"}} 1.0' in text, job
         assert f'valora_scheduler_job_duration_seconds_count{{job="{job}"}} 1.0' in text, job
 
