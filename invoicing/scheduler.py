@@ -12,7 +12,7 @@ next tick. A period whose rating fails is deferred with exponential backoff and 
 `issue_drafts` issues the drafts the close wrote for organizations with a draft grace
 period once their `issue_after` has passed (`invoicing.commands.issue_due_drafts`), with
 gapless numbers in the order organization, period start, subscription.
-`trials` ends trials whose `trial_end` has passed (`invoicing.subscriptions.end_trials`);
+`trials` ends trials whose `trial_end` has passed (`invoicing.subscription_jobs.end_trials`);
 `overdue` moves active subscriptions with an overdue invoice to past_due and past-due ones
 whose overdue invoices are all settled back to active (`mark_overdue`, `reactivate_paid`).
 Both claim rows with `SKIP LOCKED` in batches of `batch_size`, so they are parallel-safe
@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from invoicing.close import CloseSummary, close_batch
 from invoicing.commands import issue_due_drafts
 from invoicing.metrics import SchedulerMetrics
-from invoicing.subscriptions import end_trials, mark_overdue, reactivate_paid
+from invoicing.subscription_jobs import end_trials, mark_overdue, reactivate_paid
 from schemas.plans import Plan
 
 log = logging.getLogger("valora.scheduler")

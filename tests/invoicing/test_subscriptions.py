@@ -29,13 +29,11 @@ from invoicing.lifecycle import (
     SubscriptionStatus,
     advance_subscription,
 )
+from invoicing.subscription_jobs import end_trials, mark_overdue, reactivate_paid
 from invoicing.subscriptions import (
     SubscriptionNotFound,
     cancel_now,
-    end_trials,
     get_subscription,
-    mark_overdue,
-    reactivate_paid,
     revoke_cancel,
     schedule_cancel,
 )
