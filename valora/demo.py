@@ -84,7 +84,7 @@ def _bad_record(rng: random.Random, i: int) -> bytes:
 
 
 def run_demo(settings: Any, *, events: int) -> int:
-    from valora.cli import resolve_bootstrap
+    from valora.cli_common import resolve_bootstrap
     from valora.devservices import resolve_or_start
 
     started = time.perf_counter()

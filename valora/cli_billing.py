@@ -1,0 +1,207 @@
+"""`valora invoices`, `valora subscriptions` and `valora usage`: reading and changing billing state."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from valora.cli_common import connect_engine, load_settings, now_utc, parse_time
+
+
+def cmd_invoices(args: argparse.Namespace) -> int:
+    from invoicing.queries import list_invoices
+    from valora.render import invoice_table
+
+    invoices = list_invoices(connect_engine(load_settings()), args.org, args.customer)
+    if args.json:
+        print(json.dumps(invoices, indent=2))
+    else:
+        print(invoice_table(invoices))
+    return 0
+
+
+INVOICE_ACTIONS = {
+    "issue": "issue a draft: next gapless number, issued and due dates",
+    "void": "void a draft, issued or uncollectible invoice",
+    "mark-paid": "record the payment of an issued or uncollectible invoice",
+    "mark-uncollectible": "write off an issued invoice",
+}
+DEFAULT_REASONS = {"issue": "issued by hand", "mark-paid": "payment recorded"}
+
+
+def cmd_invoice_state(args: argparse.Namespace) -> int:
+    from invoicing import commands
+
+    command = {
+        "issue": commands.issue_invoice,
+        "void": commands.void_invoice,
+        "mark-paid": commands.mark_paid,
+        "mark-uncollectible": commands.mark_uncollectible,
+    }[args.action]
+    invoice = command(
+        connect_engine(load_settings()),
+        args.invoice_id,
+        now=args.at or now_utc(),
+        actor=args.actor or f"cli:{os.environ.get('USER') or 'unknown'}",
+        reason=args.reason or DEFAULT_REASONS[args.action],
+    )
+    if args.json:
+        print(json.dumps(invoice, indent=2))
+    else:
+        print(f"{invoice['id']}  {invoice['number'] or '(draft)'}  {invoice['status']}")
+    return 0
+
+
+def cmd_invoice_show(args: argparse.Namespace) -> int:
+    from invoicing.commands import get_invoice, invoice_parties
+    from invoicing.html import render_invoice_html
+    from valora.render import invoice_table
+
+    engine = connect_engine(load_settings())
+    invoice = get_invoice(engine, args.invoice_id)
+    if args.html:
+        organization_name, customer_name = invoice_parties(engine, args.invoice_id)
+        out = render_invoice_html(invoice, organization_name=organization_name, customer_name=customer_name)
+    elif args.json:
+        out = json.dumps(invoice, indent=2) + "\n"
+    else:
+        out = invoice_table([invoice]) + "\n"
+    if args.out:
+        Path(args.out).write_text(out, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(out)
+    return 0
+
+
+def _subscription_text(sub: dict[str, Any]) -> str:
+    scheduled = f" (cancel scheduled for {sub['end_at']})" if sub["cancel_at_period_end"] else ""
+    lines = [
+        f"{sub['organization']}/{sub['id']}  {sub['status']}{scheduled}  plan {sub['plan']}  "
+        f"customer {sub['customer']}",
+        f"  start {sub['start_at']}  trial end {sub['trial_end'] or '-'}  end {sub['end_at'] or '-'}  "
+        f"next close {sub['next_close_at'] or '-'}",
+    ]
+    for h in sub["status_history"]:
+        lines.append(f"  {h['seq']:>3}  {h['at']}  {h['from'] or '-'} → {h['to']}  {h['actor']}: {h['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_subscriptions(args: argparse.Namespace) -> int:
+    from invoicing import subscriptions as subs
+
+    engine = connect_engine(load_settings())
+    if args.action == "show":
+        sub = subs.get_subscription(engine, args.org, args.subscription)
+    else:
+        if args.action == "revoke-cancel":
+            command = subs.revoke_cancel
+        else:
+            command = subs.schedule_cancel if args.at_period_end else subs.cancel_now
+        sub = command(
+            engine,
+            args.org,
+            args.subscription,
+            now=args.at or now_utc(),
+            actor=args.actor or f"cli:{os.environ.get('USER') or 'unknown'}",
+            reason=args.reason or "requested by hand",
+        )
+    print(json.dumps(sub, indent=2) if args.json else _subscription_text(sub))
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from invoicing.usage import late_usage, running_totals
+
+    engine = connect_engine(load_settings())
+    if args.late:
+        rows = late_usage(engine, args.org, args.customer)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                billed = r["billed_on_invoice"] or "not yet billed"
+                print(f"{r['subscription']}  {r['meter']}  {r['period_start'][:10]}  {r['quantity']}  {billed}")
+            print(f"{len(rows)} late usage record(s)")
+        return 0
+    totals = running_totals(engine, args.org, at=args.at or now_utc(), customer=args.customer)
+    if args.json:
+        print(json.dumps(totals, indent=2))
+    else:
+        from rating.money import format_minor
+
+        for t in totals:
+            meters = ", ".join(f"{k} {v}" for k, v in t["meters"].items()) or "no usage"
+            print(
+                f"{t['subscription']}  {t['customer']}  {t['period_start'][:10]} – {t['period_end'][:10]}  "
+                f"{meters}  so far {format_minor(t['total_minor'], t['currency'])} {t['currency']}"
+            )
+    return 0
+
+
+def add_billing_parsers(sub: Any) -> None:
+    """Register the invoices, subscriptions and usage subcommands on the top-level subparsers."""
+    inv = sub.add_parser("invoices", help="list and show invoices, and move them through their lifecycle")
+    inv_actions = inv.add_subparsers(dest="action", required=True)
+    inv_list = inv_actions.add_parser("list", help="an organization's invoices")
+    inv_list.add_argument("--org", required=True)
+    inv_list.add_argument("--customer")
+    inv_list.add_argument("--json", action="store_true")
+    inv_list.set_defaults(func=cmd_invoices)
+
+    show = inv_actions.add_parser("show", help="one invoice as a table, JSON, or a standalone HTML page")
+    show.add_argument("invoice_id", metavar="ID")
+    show_format = show.add_mutually_exclusive_group()
+    show_format.add_argument("--json", action="store_true")
+    show_format.add_argument("--html", action="store_true")
+    show.add_argument("--out", help="write to this file instead of stdout")
+    show.set_defaults(func=cmd_invoice_show)
+
+    for action, help_text in INVOICE_ACTIONS.items():
+        change = inv_actions.add_parser(action, help=help_text)
+        change.add_argument("invoice_id", metavar="ID")
+        default_reason = DEFAULT_REASONS.get(action)
+        change.add_argument(
+            "--reason",
+            required=default_reason is None,
+            help="recorded in the status history" + (f" (default: {default_reason!r})" if default_reason else ""),
+        )
+        change.add_argument("--actor", help="who made the change (default: cli:$USER)")
+        change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
+        change.add_argument("--json", action="store_true", help="print the invoice as JSON")
+        change.set_defaults(func=cmd_invoice_state)
+
+    subs = sub.add_parser("subscriptions", help="show a subscription, cancel it now or at period end, revoke a cancel")
+    subs_actions = subs.add_subparsers(dest="action", required=True)
+    subs_show = subs_actions.add_parser("show", help="one subscription with its status history")
+    subs_show.add_argument("org", metavar="ORG")
+    subs_show.add_argument("subscription", metavar="SUB")
+    subs_show.add_argument("--json", action="store_true")
+    subs_show.set_defaults(func=cmd_subscriptions)
+    subs_help = {
+        "cancel": "cancel now (the close bills a final, prorated invoice), or with --at-period-end when it ends",
+        "revoke-cancel": "keep renewing: revoke a cancel scheduled for the period's end, before that end",
+    }
+    for action, help_text in subs_help.items():
+        change = subs_actions.add_parser(action, help=help_text)
+        change.add_argument("org", metavar="ORG")
+        change.add_argument("subscription", metavar="SUB")
+        if action == "cancel":
+            change.add_argument("--at-period-end", action="store_true", help="end at the current period's end instead")
+        change.add_argument("--reason", help="recorded in the status history")
+        change.add_argument("--actor", help="who made the change (default: cli:$USER)")
+        change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
+        change.add_argument("--json", action="store_true", help="print the subscription as JSON")
+        change.set_defaults(func=cmd_subscriptions)
+
+    usage = sub.add_parser("usage", help="running totals of the current period, or late usage")
+    usage.add_argument("--org", required=True)
+    usage.add_argument("--customer")
+    usage.add_argument("--at", type=parse_time, default=None, help="the period containing this time (default: now)")
+    usage.add_argument("--late", action="store_true", help="usage that arrived after its period was invoiced")
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=cmd_usage)

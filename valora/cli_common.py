@@ -1,0 +1,67 @@
+"""Helpers shared by the CLI's command modules: settings, service resolution, time parsing."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+
+class CliError(Exception):
+    """A one-line failure for the user."""
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an RFC 3339 time (e.g. 2026-02-01T00:00:00Z)") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} needs a timezone (e.g. a trailing Z)")
+    return parsed.astimezone(UTC)
+
+
+# --- resolving services -------------------------------------------------------------------
+
+
+def load_settings() -> Any:
+    from valora.settings import Settings
+
+    return Settings.from_env()
+
+
+def resolve_database_url(settings: Any) -> str:
+    if settings.database_url:
+        return str(settings.database_url)
+    from valora.devservices import read_state
+
+    state = read_state(settings.state_dir)
+    if state is None:
+        raise CliError("no database configured: set VALORA_DATABASE_URL or run `valora dev up`")
+    return state.database_url
+
+
+def resolve_bootstrap(settings: Any, *, check: bool = True) -> str:
+    from valora.devservices import broker_answers, read_state
+
+    bootstrap = settings.kafka_bootstrap
+    if not bootstrap:
+        state = read_state(settings.state_dir)
+        if state is None:
+            raise CliError("no Kafka broker configured: set VALORA_KAFKA_BOOTSTRAP or run `valora dev up`")
+        bootstrap = state.kafka_bootstrap
+    if check and not broker_answers(bootstrap, timeout_s=5.0):
+        raise CliError(
+            f"Kafka broker at {bootstrap} does not answer (check VALORA_KAFKA_BOOTSTRAP or run `valora dev up`)"
+        )
+    return str(bootstrap)
+
+
+def connect_engine(settings: Any) -> Any:
+    from invoicing.db import connect
+
+    return connect(resolve_database_url(settings))
