@@ -39,70 +39,23 @@ Re-running a close changes nothing: the cursor and the unique
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import Engine, text, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from invoicing.numbering import format_number, reserve_numbers
+from invoicing.invoice_rows import BilledLine, ClosingItem, write_invoices
 from invoicing.subscriptions import cursor_due_at, record_period_end
-from rating import Period, RatedLine, from_minor, period_containing, rate_charge, rate_plan
+from rating import Period, from_minor, period_containing, rate_charge, rate_plan
 from schemas.plans import Plan, load_plan
 
 RETRY_BASE = timedelta(seconds=30)
 RETRY_MAX = timedelta(hours=6)
-
-
-@dataclass(frozen=True, slots=True)
-class BilledLine:
-    """An invoice line as stored: a rated line, or an adjustment the close adds."""
-
-    line_key: str
-    charge: str
-    kind: str
-    quantity: Decimal
-    amount: Decimal
-    amount_minor: int
-    description: str
-    service_start: datetime
-    service_end: datetime
-    details: dict[str, Any] | None = None
-
-    @classmethod
-    def from_rated(cls, line: RatedLine, period: Period) -> BilledLine:
-        details = None
-        if line.tiers:
-            details = {
-                "tiers": [
-                    {
-                        "tier": t.tier,
-                        "quantity": str(t.quantity),
-                        "unit_amount": str(t.unit_amount),
-                        "flat_amount": str(t.flat_amount),
-                        "amount": str(t.amount),
-                    }
-                    for t in line.tiers
-                ]
-            }
-        return cls(
-            line.line_key,
-            line.charge,
-            line.kind.value,
-            line.quantity,
-            line.amount,
-            line.amount_minor,
-            line.description,
-            period.start,
-            period.end,
-            details,
-        )
 
 
 @dataclass
@@ -129,15 +82,6 @@ def invoice_id(org: str, subscription: str, period_start: datetime) -> str:
     return f"in_{digest[:24]}"
 
 
-@dataclass
-class _Item:
-    sub: m.Subscription
-    plan: Plan
-    period: Period
-    invoice_id: str
-    lines: list[BilledLine] = field(default_factory=list)
-
-
 def _claim(
     session: Session, cutoff: datetime, now: datetime, limit: int, organization: str | None
 ) -> list[m.Subscription]:
@@ -156,7 +100,7 @@ def _claim(
     )
 
 
-def _close_totals(session: Session, items: list[_Item]) -> dict[tuple[str, str], dict[str, Decimal]]:
+def _close_totals(session: Session, items: list[ClosingItem]) -> dict[tuple[str, str], dict[str, Decimal]]:
     """Mark the items' usage rows closed and return their final quantities per (org, subscription)."""
     rows = [
         (i.sub.organization_id, i.sub.id, meter, i.period.start, i.period.end)
@@ -183,7 +127,7 @@ def _close_totals(session: Session, items: list[_Item]) -> dict[tuple[str, str],
     return usage
 
 
-def _late_lines(session: Session, items: list[_Item]) -> dict[str, list[BilledLine]]:
+def _late_lines(session: Session, items: list[ClosingItem]) -> dict[str, list[BilledLine]]:
     """Adjustment lines for usage that arrived after its period was invoiced, per invoice id.
 
     The adjustment is what the late usage adds to the charge's billed amount in its own
@@ -244,120 +188,6 @@ def _late_lines(session: Session, items: list[_Item]) -> dict[str, list[BilledLi
     return out
 
 
-def _numbers(session: Session, items: list[_Item], orgs: dict[str, m.Organization], year: int) -> dict[str, str]:
-    """Gapless numbers for the batch's invoices issued now, in item order within each organization.
-
-    Invoices of an organization with a draft grace period are drafts: they get no number here.
-    """
-    per_org: dict[str, list[_Item]] = defaultdict(list)
-    for item in items:
-        if orgs[item.sub.organization_id].draft_grace_s == 0:
-            per_org[item.sub.organization_id].append(item)
-    firsts = reserve_numbers(session, {org: len(its) for org, its in per_org.items()}, year)
-    return {
-        item.invoice_id: format_number(orgs[org].invoice_prefix, year, firsts[org] + offset)
-        for org, its in per_org.items()
-        for offset, item in enumerate(its)
-    }
-
-
-_INVOICE_COLS = (
-    "id",
-    "organization_id",
-    "number",
-    "customer_id",
-    "subscription_id",
-    "currency",
-    "period_start",
-    "period_end",
-    "subtotal_minor",
-    "total_minor",
-    "status",
-    "issued_at",
-    "due_at",
-    "issue_after",
-)
-_LINE_COLS = (
-    "invoice_id",
-    "line_key",
-    "position",
-    "charge",
-    "kind",
-    "description",
-    "quantity",
-    "amount",
-    "amount_minor",
-    "service_start",
-    "service_end",
-    "details",
-)
-_HISTORY_COLS = ("invoice_id", "seq", "from_status", "to_status", "at", "reason", "actor")
-
-
-def _status_and_dates(
-    org: m.Organization, number: str | None, closed_at: datetime
-) -> tuple[str, datetime | None, datetime | None, datetime | None]:
-    """(status, issued_at, due_at, issue_after) of a new invoice: issued now when numbered, else a draft."""
-    if number is not None:
-        return "issued", closed_at, closed_at + timedelta(days=org.payment_terms_days), None
-    return "draft", None, None, closed_at + timedelta(seconds=org.draft_grace_s)
-
-
-def _write_invoices(session: Session, items: list[_Item], orgs: dict[str, m.Organization], issued_at: datetime) -> None:
-    """COPY the batch's invoices, lines and first history rows (inside the batch's transaction).
-
-    An organization without a draft grace period gets its invoices issued and numbered now;
-    one with a grace gets drafts (no number, no dates) with `issue_after = issued_at + grace`,
-    which the scheduler's `issue_drafts` job issues (`invoicing.commands.issue_due_drafts`).
-    """
-    numbers = _numbers(session, items, orgs, issued_at.year)
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cur:
-        with cur.copy(f"COPY invoices ({', '.join(_INVOICE_COLS)}) FROM STDIN") as copy:
-            for item in items:
-                sub, total = item.sub, sum(line.amount_minor for line in item.lines)
-                number = numbers.get(item.invoice_id)
-                copy.write_row(
-                    (
-                        item.invoice_id,
-                        sub.organization_id,
-                        number,
-                        sub.customer_id,
-                        sub.id,
-                        item.plan.currency,
-                        item.period.start,
-                        item.period.end,
-                        total,
-                        total,
-                        *_status_and_dates(orgs[sub.organization_id], number, issued_at),
-                    )
-                )
-        with cur.copy(f"COPY invoice_lines ({', '.join(_LINE_COLS)}) FROM STDIN") as copy:
-            for item in items:
-                for pos, line in enumerate(item.lines, start=1):
-                    copy.write_row(
-                        (
-                            item.invoice_id,
-                            line.line_key,
-                            pos,
-                            line.charge,
-                            line.kind,
-                            line.description,
-                            line.quantity,
-                            line.amount,
-                            line.amount_minor,
-                            line.service_start,
-                            line.service_end,
-                            None if line.details is None else json.dumps(line.details),
-                        )
-                    )
-        with cur.copy(f"COPY invoice_status_history ({', '.join(_HISTORY_COLS)}) FROM STDIN") as copy:
-            for item in items:
-                status = "issued" if item.invoice_id in numbers else "draft"
-                copy.write_row((item.invoice_id, 1, None, status, issued_at, "period closed", "close"))
-
-
 def _advance(sub: m.Subscription, plan: Plan, period: Period) -> None:
     """Move the cursor from the just-closed `period` to the next one (periods tile: it starts at the end).
 
@@ -370,7 +200,7 @@ def _advance(sub: m.Subscription, plan: Plan, period: Period) -> None:
     sub.close_retry_at = None
 
 
-def _record_failure(session: Session, item: _Item, exc: Exception, now: datetime) -> str:
+def _record_failure(session: Session, item: ClosingItem, exc: Exception, now: datetime) -> str:
     sub = item.sub
     sub.close_attempts += 1
     delay = min(RETRY_BASE * 2 ** (sub.close_attempts - 1), RETRY_MAX)
@@ -419,7 +249,7 @@ def close_batch(
         if missing:
             for row in session.query(m.Plan).filter(tuple_(m.Plan.organization_id, m.Plan.code).in_(missing)):
                 plan_cache[(row.organization_id, row.code)] = load_plan(row.spec)
-        items: list[_Item] = []
+        items: list[ClosingItem] = []
         finished: list[tuple[m.Subscription, str]] = []
         for sub in subs:
             plan = plan_cache[(sub.organization_id, sub.plan_code)]
@@ -429,7 +259,7 @@ def close_batch(
                 finished.append((sub, "no period left to invoice"))
                 continue
             period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
-            items.append(_Item(sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start)))
+            items.append(ClosingItem(sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start)))
         usage = _close_totals(session, items)
         late = _late_lines(session, items) if items else {}
         rated = _rate_items(session, items, usage, late, now, summary)
@@ -438,7 +268,7 @@ def close_batch(
             if item.sub.next_close_at is None:
                 finished.append((item.sub, f"final invoice {item.invoice_id} written"))
         if rated:
-            _write_invoices(session, rated, orgs, issued_at)
+            write_invoices(session, rated, orgs, issued_at)
         record_period_end(session, finished, issued_at)
         summary.invoices = len(rated)
         summary.invoice_ids = [i.invoice_id for i in rated]
@@ -447,14 +277,14 @@ def close_batch(
 
 def _rate_items(
     session: Session,
-    items: list[_Item],
+    items: list[ClosingItem],
     usage: dict[tuple[str, str], dict[str, Decimal]],
     late: dict[str, list[BilledLine]],
     now: datetime,
     summary: CloseSummary,
-) -> list[_Item]:
+) -> list[ClosingItem]:
     """Rate each item's period into its lines; a failure is recorded for a retry and left out."""
-    rated: list[_Item] = []
+    rated: list[ClosingItem] = []
     for item in items:
         sub = item.sub
         quantities = usage[(sub.organization_id, sub.id)]
