@@ -25,13 +25,9 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from sqlalchemy.engine import make_url
 
-from valora.devservices import (
-    postgres_answers,
-    psycopg_connect_args,
-    start_broker,
-    start_embedded_postgres,
-    stop_embedded_postgres,
-)
+from valora.devservices import start_broker
+from valora.embedded_pg import start_embedded_postgres, stop_embedded_postgres
+from valora.service_probes import postgres_answers, psycopg_connect_args
 
 LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

@@ -19,17 +19,8 @@ import psycopg
 import pytest
 
 from tests.conftest import private_tmp_dir, wait_for
-from valora.devservices import (
-    ServiceError,
-    broker_answers,
-    dev_down,
-    dev_status,
-    dev_up,
-    postgres_answers,
-    psycopg_connect_args,
-    read_state,
-    start_broker,
-)
+from valora.devservices import dev_down, dev_status, dev_up, read_state, start_broker
+from valora.service_probes import ServiceError, broker_answers, postgres_answers, psycopg_connect_args
 
 pytestmark = pytest.mark.integration
 

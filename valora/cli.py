@@ -251,7 +251,7 @@ def _one_line(exc: BaseException) -> str:
 def _known_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import OperationalError
 
-    from valora.devservices import ServiceError
+    from valora.service_probes import ServiceError
 
     return (CliError, ValoraError, InvalidInput, ServiceError, OperationalError)
 

@@ -46,7 +46,8 @@ def resolve_database_url(settings: Any) -> str:
 
 
 def resolve_bootstrap(settings: Any, *, check: bool = True) -> str:
-    from valora.devservices import broker_answers, read_state
+    from valora.devservices import read_state
+    from valora.service_probes import broker_answers
 
     bootstrap = settings.kafka_bootstrap
     if not bootstrap:

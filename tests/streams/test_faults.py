@@ -35,7 +35,7 @@ from tests.streams.conftest import (
     make_tenants,
     read_dlq,
 )
-from valora.devservices import psycopg_connect_args
+from valora.service_probes import psycopg_connect_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
