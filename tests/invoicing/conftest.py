@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
+from invoicing import models as m
 from invoicing.catalog import apply_catalog, parse_catalog
 from invoicing.close import close_due
 from invoicing.db import make_engine, upgrade
@@ -34,3 +36,19 @@ def issued_id(engine: Engine) -> str:
     summary = close_due(engine, as_of=CLOSE_AT, grace=timedelta(hours=1), clock=lambda: CLOSE_AT)
     assert summary.invoices == 1
     return summary.invoice_ids[0]
+
+
+def history_rows(engine: Engine, invoice_id: str) -> list[tuple[int, str | None, str, str, str]]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(
+                m.InvoiceStatusChange.seq,
+                m.InvoiceStatusChange.from_status,
+                m.InvoiceStatusChange.to_status,
+                m.InvoiceStatusChange.actor,
+                m.InvoiceStatusChange.reason,
+            )
+            .where(m.InvoiceStatusChange.invoice_id == invoice_id)
+            .order_by(m.InvoiceStatusChange.seq)
+        )
+        return [(seq, src, dst, actor, reason) for seq, src, dst, actor, reason in rows]

@@ -26,6 +26,7 @@ from invoicing.commands import (
 from invoicing.lifecycle import IllegalTransition
 from schemas.errors import InvalidInput, ValoraError
 from tests.conftest import wait_for
+from tests.invoicing.conftest import history_rows
 
 pytestmark = pytest.mark.integration
 
@@ -72,22 +73,6 @@ def insert_draft(engine: Engine, invoice_id: str, month: int) -> str:
             )
         )
     return invoice_id
-
-
-def history_rows(engine: Engine, invoice_id: str) -> list[tuple[int, str | None, str, str, str]]:
-    with Session(engine) as session:
-        rows = session.execute(
-            select(
-                m.InvoiceStatusChange.seq,
-                m.InvoiceStatusChange.from_status,
-                m.InvoiceStatusChange.to_status,
-                m.InvoiceStatusChange.actor,
-                m.InvoiceStatusChange.reason,
-            )
-            .where(m.InvoiceStatusChange.invoice_id == invoice_id)
-            .order_by(m.InvoiceStatusChange.seq)
-        )
-        return [(seq, src, dst, actor, reason) for seq, src, dst, actor, reason in rows]
 
 
 # --- legal transitions --------------------------------------------------------------------

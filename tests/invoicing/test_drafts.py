@@ -24,6 +24,7 @@ from invoicing.db import MIGRATIONS, make_engine, upgrade
 from invoicing.lifecycle import IllegalTransition
 from invoicing.metrics import SchedulerMetrics
 from invoicing.scheduler import Scheduler, SchedulerConfig
+from tests.invoicing.conftest import history_rows
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +41,13 @@ def _catalog(grace: dict[str, str | int | None]) -> dict[str, Any]:
             for o, g in grace.items()
         ],
         "plans": [
-            {"organization": o, "code": "p", "currency": "EUR", "interval": "month",
-             "charges": [{"key": "base", "model": "flat", "amount": "10"}]}
+            {
+                "organization": o,
+                "code": "p",
+                "currency": "EUR",
+                "interval": "month",
+                "charges": [{"key": "base", "model": "flat", "amount": "10"}],
+            }
             for o in orgs
         ],
         "customers": [{"organization": o, "id": "c", "name": "C"} for o in orgs],
@@ -82,18 +88,7 @@ def _invoices(engine: Engine, org: str) -> list[m.Invoice]:
 
 
 def _history(engine: Engine, invoice_id: str) -> list[tuple[str | None, str, str, str]]:
-    with Session(engine) as session:
-        rows = session.execute(
-            select(
-                m.InvoiceStatusChange.from_status,
-                m.InvoiceStatusChange.to_status,
-                m.InvoiceStatusChange.actor,
-                m.InvoiceStatusChange.reason,
-            )
-            .where(m.InvoiceStatusChange.invoice_id == invoice_id)
-            .order_by(m.InvoiceStatusChange.seq)
-        )
-        return [(src, dst, actor, reason) for src, dst, actor, reason in rows]
+    return [(src, dst, actor, reason) for _, src, dst, actor, reason in history_rows(engine, invoice_id)]
 
 
 def _scheduler(engine: Engine, at: datetime, batch: int = 2) -> tuple[Scheduler, CollectorRegistry]:
@@ -255,7 +250,6 @@ def test_the_catalog_rejects_a_bad_duration_naming_the_organization(bad: object)
 @pytest.mark.parametrize(("value", "seconds"), [("0", 0), ("3600", 3600), ("90s", 90), ("15m", 900), ("2d", 172800)])
 def test_the_catalog_reads_durations_as_seconds(value: str, seconds: int) -> None:
     assert parse_catalog(_catalog({"alpha": value})).organizations[0].draft_grace == seconds
-
 
 
 def test_migration_0003_round_trips_and_keeps_existing_rows_issued_at_once(engine: Engine) -> None:
