@@ -43,9 +43,6 @@ class SubscriptionView:
     meter_keys: frozenset[str]
     _last_period: Period | None = field(default=None, repr=False)
 
-    def active_at(self, t: datetime) -> bool:
-        return self.start <= t and (self.end is None or t < self.end)
-
     def period_at(self, t: datetime) -> Period:
         """The billing period containing t; the last answer is cached (events cluster in time)."""
         last = self._last_period
@@ -61,7 +58,6 @@ class CatalogSnapshot:
     organizations: frozenset[str]
     meters_by_type: Mapping[tuple[str, str], tuple[MeterView, ...]]
     subscriptions_by_customer: Mapping[tuple[str, str], tuple[SubscriptionView, ...]]
-    customers: frozenset[tuple[str, str]]
 
 
 def _filters(raw: Mapping[str, Any] | None) -> Mapping[str, frozenset[str]]:
@@ -90,7 +86,6 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
                 )
             )
         plans = {(p.organization_id, p.code): load_plan(p.spec) for p in session.scalars(select(m.Plan))}
-        customers = frozenset(session.execute(select(m.Customer.organization_id, m.Customer.id)))
         subs: dict[tuple[str, str], list[SubscriptionView]] = defaultdict(list)
         for sub in session.scalars(select(m.Subscription).order_by(m.Subscription.start_at, m.Subscription.id)):
             plan = plans[(sub.organization_id, sub.plan_code)]
@@ -112,5 +107,4 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
         organizations=orgs,
         meters_by_type={k: tuple(v) for k, v in meters.items()},
         subscriptions_by_customer={k: tuple(v) for k, v in subs.items()},
-        customers=customers,
     )

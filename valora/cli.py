@@ -25,7 +25,7 @@ from valora.cli_common import (
     resolve_database_url,
 )
 
-EXIT_ERROR, EXIT_USAGE = 1, 2
+EXIT_ERROR = 1
 CLOSE_BATCH = 2000  # periods claimed per close transaction: measured ~12% faster than 500 (bench close)
 
 

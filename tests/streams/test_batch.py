@@ -48,7 +48,6 @@ def _snapshot(*meters: MeterView, subs: tuple[SubscriptionView, ...] | None = No
         subscriptions_by_customer={
             ("acme", s.customer): tuple(x for x in subs if x.customer == s.customer) for s in subs
         },
-        customers=frozenset(("acme", s.customer) for s in subs),
     )
 
 
