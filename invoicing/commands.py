@@ -43,10 +43,10 @@ from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from invoicing.lifecycle import InvoiceAction, InvoiceStatus, advance_invoice
+from invoicing.lifecycle import InvoiceAction, InvoiceStatus, advance_invoice, require_aware
 from invoicing.numbering import format_number, reserve_numbers
 from invoicing.queries import invoice_json
-from schemas.errors import InvalidInput, ValoraError
+from schemas.errors import ValoraError
 
 DRAFT_GRACE_OVER = "draft grace period over"
 
@@ -95,8 +95,7 @@ def issue_due_drafts(
     Raises:
         InvalidInput: `now` has no timezone.
     """
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise InvalidInput(f"the time of a status change needs a timezone, got {now.isoformat()}")
+    require_aware(now)
     now = now.astimezone(UTC)
     target = advance_invoice(InvoiceStatus.DRAFT, InvoiceAction.ISSUE, subject="a draft")
     issued = 0
@@ -231,8 +230,7 @@ def _apply(
     engine: Engine, invoice_id: str, action: InvoiceAction, *, now: datetime, actor: str, reason: str
 ) -> dict[str, Any]:
     """Validate and persist one status change in one transaction (see the module docstring)."""
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise InvalidInput(f"the time of a status change needs a timezone, got {now.isoformat()}")
+    require_aware(now)
     now = now.astimezone(UTC)
     with Session(engine) as session, session.begin():
         inv = _load(session, invoice_id)

@@ -65,9 +65,10 @@ Errors:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
-from schemas.errors import ValoraError
+from schemas.errors import InvalidInput, ValoraError
 
 
 class IllegalTransition(ValoraError):
@@ -226,3 +227,13 @@ def advance_subscription(
     except KeyError:
         current = "not started" if state is None else str(state)
         raise IllegalTransition(subject, current, str(action)) from None
+
+
+def require_aware(now: datetime) -> None:
+    """The clock reading a status change is stamped with must carry a timezone.
+
+    Raises:
+        InvalidInput: `now` is naive.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise InvalidInput(f"the time of a status change needs a timezone, got {now.isoformat()}")

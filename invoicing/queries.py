@@ -13,16 +13,16 @@ from sqlalchemy.orm import Session
 from invoicing import models as m
 
 
-def _ts(value: datetime | None) -> str | None:
+def rfc3339(value: datetime | None) -> str | None:
+    """A timestamp as it appears in Valora's JSON: UTC with a trailing Z."""
     if value is None:
         return None
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _dec(value: Decimal) -> str:
+def decimal_text(value: Decimal) -> str:
     """Decimal as a plain string without exponent or trailing zeros ("1E+1" → "10")."""
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")
 
 
 def invoice_json(inv: m.Invoice, lines: list[m.InvoiceLine], history: list[m.InvoiceStatusChange]) -> dict[str, Any]:
@@ -35,21 +35,21 @@ def invoice_json(inv: m.Invoice, lines: list[m.InvoiceLine], history: list[m.Inv
         "subscription": inv.subscription_id,
         "status": inv.status,
         "currency": inv.currency,
-        "period_start": _ts(inv.period_start),
-        "period_end": _ts(inv.period_end),
-        "issued_at": _ts(inv.issued_at),
-        "due_at": _ts(inv.due_at),
+        "period_start": rfc3339(inv.period_start),
+        "period_end": rfc3339(inv.period_end),
+        "issued_at": rfc3339(inv.issued_at),
+        "due_at": rfc3339(inv.due_at),
         "lines": [
             {
                 "line_key": line.line_key,
                 "charge": line.charge,
                 "kind": line.kind,
                 "description": line.description,
-                "quantity": _dec(line.quantity),
-                "amount": _dec(line.amount),
+                "quantity": decimal_text(line.quantity),
+                "amount": decimal_text(line.amount),
                 "amount_minor": line.amount_minor,
-                "service_start": _ts(line.service_start),
-                "service_end": _ts(line.service_end),
+                "service_start": rfc3339(line.service_start),
+                "service_end": rfc3339(line.service_end),
                 **({"details": line.details} if line.details else {}),
             }
             for line in sorted(lines, key=lambda x: x.position)
@@ -57,7 +57,7 @@ def invoice_json(inv: m.Invoice, lines: list[m.InvoiceLine], history: list[m.Inv
         "subtotal_minor": inv.subtotal_minor,
         "total_minor": inv.total_minor,
         "status_history": [
-            {"from": h.from_status, "to": h.to_status, "at": _ts(h.at), "reason": h.reason, "actor": h.actor}
+            {"from": h.from_status, "to": h.to_status, "at": rfc3339(h.at), "reason": h.reason, "actor": h.actor}
             for h in sorted(history, key=lambda x: x.seq)
         ],
     }

@@ -18,8 +18,8 @@ from invoicing.lifecycle import (
     SubscriptionAction,
     SubscriptionState,
     SubscriptionStatus,
+    require_aware,
 )
-from schemas.errors import InvalidInput
 
 _A = SubscriptionAction
 
@@ -121,8 +121,7 @@ def _run_batches(
     Rows another transaction holds are skipped (the next tick sees them); a row whose move
     the table forbids is left as it is.
     """
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise InvalidInput(f"the time of a status change needs a timezone, got {now.isoformat()}")
+    require_aware(now)
     moved = 0
     while True:
         with Session(engine) as session, session.begin():
@@ -174,5 +173,3 @@ def _move_many(session: Session, moves: list[_Move], *, at: datetime, actor: str
 
 
 # --- reading ----------------------------------------------------------------------------------
-
-

@@ -69,9 +69,11 @@ from invoicing.lifecycle import (
     SubscriptionState,
     SubscriptionStatus,
     advance_subscription,
+    require_aware,
 )
+from invoicing.queries import rfc3339
 from rating.periods import period_containing
-from schemas.errors import InvalidInput, ValoraError
+from schemas.errors import ValoraError
 from schemas.plans import Plan, load_plan
 
 _A = SubscriptionAction
@@ -154,7 +156,7 @@ def schedule_cancel(engine: Engine, org: str, sub_id: str, *, now: datetime, act
     def change(sub: m.Subscription, plan: Plan, at: datetime) -> dict[str, Any]:
         if sub.status == SubscriptionStatus.TRIALING and sub.trial_end is not None:
             if sub.trial_end <= at:
-                state = f"trialing, trial ended at {_ts(sub.trial_end)}"
+                state = f"trialing, trial ended at {rfc3339(sub.trial_end)}"
                 raise IllegalTransition(_subject(sub), state, _A.SCHEDULE_CANCEL)
             end = sub.trial_end
         else:
@@ -178,7 +180,7 @@ def revoke_cancel(engine: Engine, org: str, sub_id: str, *, now: datetime, actor
 
     def change(sub: m.Subscription, plan: Plan, at: datetime) -> dict[str, Any]:
         if sub.end_at is not None and sub.end_at <= at:
-            raise IllegalTransition(_subject(sub), f"{state_of(sub)}, ended at {_ts(sub.end_at)}", _A.REVOKE_CANCEL)
+            raise IllegalTransition(_subject(sub), f"{state_of(sub)}, ended at {rfc3339(sub.end_at)}", _A.REVOKE_CANCEL)
         return {"end_at": None, "canceled_at": None} | _cursor(sub, plan, None)
 
     return _apply(engine, org, sub_id, _A.REVOKE_CANCEL, now=now, actor=actor, reason=reason, change=change)
@@ -209,14 +211,13 @@ def _apply(
     change: _Change,
 ) -> dict[str, Any]:
     """Validate and persist one move in one transaction (see the module docstring)."""
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise InvalidInput(f"the time of a status change needs a timezone, got {now.isoformat()}")
+    require_aware(now)
     now = now.astimezone(UTC)
     with Session(engine) as session, session.begin():
         sub = _load(session, org, sub_id)
         current = state_of(sub)
         if now < sub.start_at:
-            raise IllegalTransition(_subject(sub), f"not started (starts {_ts(sub.start_at)})", action)
+            raise IllegalTransition(_subject(sub), f"not started (starts {rfc3339(sub.start_at)})", action)
         target = advance_subscription(current, action, subject=_subject(sub))
         values = change(sub, load_plan(session.get_one(m.Plan, (org, sub.plan_code)).spec), now)
         values |= {"status": target.status.value, "cancel_at_period_end": target.cancel_at_period_end}
@@ -271,7 +272,7 @@ def _compare_and_set(
 def _reason(action: SubscriptionAction, sub: m.Subscription, reason: str) -> str:
     """The history reason; a scheduled cancel and its revocation keep the status, so say which it was."""
     if action is _A.SCHEDULE_CANCEL:
-        return f"cancel scheduled for {_ts(sub.end_at)}: {reason}"
+        return f"cancel scheduled for {rfc3339(sub.end_at)}: {reason}"
     if action is _A.REVOKE_CANCEL:
         return f"scheduled cancel revoked: {reason}"
     return reason
@@ -336,19 +337,19 @@ def _subscription_json(session: Session, sub: m.Subscription) -> dict[str, Any]:
         "plan": sub.plan_code,
         "status": sub.status,
         "cancel_at_period_end": sub.cancel_at_period_end,
-        "start_at": _ts(sub.start_at),
-        "billing_anchor": _ts(sub.billing_anchor),
-        "trial_end": _ts(sub.trial_end),
-        "end_at": _ts(sub.end_at),
-        "canceled_at": _ts(sub.canceled_at),
-        "next_period_start": _ts(sub.next_period_start),
-        "next_close_at": _ts(sub.next_close_at),
+        "start_at": rfc3339(sub.start_at),
+        "billing_anchor": rfc3339(sub.billing_anchor),
+        "trial_end": rfc3339(sub.trial_end),
+        "end_at": rfc3339(sub.end_at),
+        "canceled_at": rfc3339(sub.canceled_at),
+        "next_period_start": rfc3339(sub.next_period_start),
+        "next_close_at": rfc3339(sub.next_close_at),
         "status_history": [
             {
                 "seq": c.seq,
                 "from": c.from_status,
                 "to": c.to_status,
-                "at": _ts(c.at),
+                "at": rfc3339(c.at),
                 "reason": c.reason,
                 "actor": c.actor,
             }
@@ -359,7 +360,3 @@ def _subscription_json(session: Session, sub: m.Subscription) -> dict[str, Any]:
 
 def _subject(sub: m.Subscription) -> str:
     return f"subscription {sub.organization_id}/{sub.id}"
-
-
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")

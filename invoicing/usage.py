@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.close import paid_from, trial_usage_free
-from invoicing.queries import _dec, _ts
+from invoicing.queries import decimal_text, rfc3339
 from rating import Period, period_containing, rate_plan
 from schemas.plans import Plan, load_plan
 
@@ -32,14 +32,14 @@ def _rated_period(sub: m.Subscription, plan: Plan, period: Period, usage: dict[s
         "customer": sub.customer_id,
         "plan": plan.code,
         "currency": plan.currency,
-        "period_start": _ts(period.start),
-        "period_end": _ts(period.end),
-        "meters": {k: _dec(v) for k, v in sorted(usage.items())},
+        "period_start": rfc3339(period.start),
+        "period_end": rfc3339(period.end),
+        "meters": {k: decimal_text(v) for k, v in sorted(usage.items())},
         "lines": [
             {
                 "charge": line.charge,
                 "kind": line.kind.value,
-                "quantity": _dec(line.quantity),
+                "quantity": decimal_text(line.quantity),
                 "amount_minor": line.amount_minor,
                 "description": line.description,
             }
@@ -144,9 +144,9 @@ def late_usage(engine: Engine, organization: str, customer: str | None = None) -
                 "customer": cust,
                 "meter": late.meter_key,
                 "event": late.dedup_key,
-                "period_start": _ts(late.period_start),
-                "period_end": _ts(late.period_end),
-                "quantity": _dec(late.value),
+                "period_start": rfc3339(late.period_start),
+                "period_end": rfc3339(late.period_end),
+                "quantity": decimal_text(late.value),
                 "billed_on_invoice": late.billed_invoice_id,
             }
             for late, cust in rows
