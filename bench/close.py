@@ -16,7 +16,7 @@ import psycopg
 
 from bench.common import apply_synthetic_catalog, fresh_database, resolve_services
 from invoicing.close import close_due
-from invoicing.db import make_engine
+from invoicing.db import make_engine, psycopg_connect_args
 from valora.cli import CLOSE_BATCH
 
 ORGS = 1000
@@ -24,22 +24,25 @@ ORGS = 1000
 
 def _seed_subscriptions(db_url: str, subscriptions: int) -> None:
     per_org = -(-subscriptions // ORGS)
-    with psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True) as conn:
+    with psycopg.connect(**psycopg_connect_args(db_url), autocommit=True) as conn:
         conn.execute(
             "INSERT INTO customers (organization_id, id, name) "
             "SELECT format('org%%s', lpad(o::text, 4, '0')), 'b' || i, 'Bench ' || i "
             "FROM generate_series(0, %s - 1) o, generate_series(0, %s - 1) i WHERE o * %s + i < %s",
-            (ORGS, per_org, per_org, subscriptions))
+            (ORGS, per_org, per_org, subscriptions),
+        )
         conn.execute(
             "INSERT INTO subscriptions (organization_id, id, customer_id, plan_code, start_at, billing_anchor, "
             "next_period_start, next_close_at, close_attempts) "
             "SELECT organization_id, 's' || id, id, 'usage', '2026-01-01Z', '2026-01-01Z', '2026-01-01Z', "
-            "'2026-02-01Z', 0 FROM customers WHERE id LIKE 'b%%'")
+            "'2026-02-01Z', 0 FROM customers WHERE id LIKE 'b%%'"
+        )
         conn.execute(
             "INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, period_end, "
             "quantity, event_count, closed) "
             "SELECT s.organization_id, s.id, mk, '2026-01-01Z', '2026-02-01Z', (random() * 200000)::int, 1, false "
-            "FROM subscriptions s, unnest(ARRAY['calls', 'tokens', 'peak']) mk WHERE s.id LIKE 'sb%%'")
+            "FROM subscriptions s, unnest(ARRAY['calls', 'tokens', 'peak']) mk WHERE s.id LIKE 'sb%%'"
+        )
 
 
 def run_close_bench(settings: Any, *, subscriptions: int) -> dict[str, Any]:

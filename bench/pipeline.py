@@ -29,6 +29,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.common import apply_synthetic_catalog, fresh_database, resolve_services
+from invoicing.db import psycopg_connect_args
 from streams.publish import publish
 from streams.worker import ensure_topics
 
@@ -172,7 +173,7 @@ def run_pipeline_bench(settings: Any, *, events: int) -> dict[str, Any]:
     worker = subprocess.Popen(
         [sys.executable, "-m", "valora.cli", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    conn = psycopg.connect(db_url.replace("+psycopg", ""), autocommit=True)
+    conn = psycopg.connect(**psycopg_connect_args(db_url), autocommit=True)
     try:
         first = last = None
         deadline = time.monotonic() + 900

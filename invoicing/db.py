@@ -7,12 +7,14 @@ against a database whose schema is behind the code's migrations.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from schemas.errors import ValoraError
@@ -34,6 +36,26 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def psycopg_connect_args(database_url: str) -> dict[str, Any]:
+    """Connection keywords for psycopg from a `postgresql[+driver]://` URL.
+
+    Parsing with SQLAlchemy (instead of rewriting the scheme) keeps query options
+    such as `?host=/socket/dir` intact however they were quoted.
+    """
+    url = make_url(database_url)
+    args: dict[str, Any] = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
+    for key, value in (
+        ("host", url.host),
+        ("port", url.port),
+        ("user", url.username),
+        ("password", url.password),
+        ("dbname", url.database),
+    ):
+        if value not in (None, ""):
+            args[key] = value
+    return args
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -104,7 +126,6 @@ def recreate_database(server_url: str, name: str) -> str:
     For the demo and benchmarks, which must start from nothing on every run.
     """
     import psycopg
-    from sqlalchemy.engine import make_url
 
     url = make_url(normalize_url(server_url))
     admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)

@@ -20,6 +20,7 @@ import psycopg
 from confluent_kafka import Producer
 from sqlalchemy.exc import OperationalError
 
+from invoicing.db import psycopg_connect_args
 from streams.batch import BatchPlan, DeadLetter, Record, plan_batch
 from streams.decode import Reason
 from streams.metrics import WorkerMetrics
@@ -101,12 +102,14 @@ class BatchProcessor:
         return len(totals)
 
     def stored_offsets(self) -> dict[int, int]:
-        with psycopg.connect(libpq_url(self.cfg.database_url), autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(**psycopg_connect_args(self.cfg.database_url), autocommit=True, connect_timeout=5) as conn:
             return stored_offsets(conn, self.cfg.group, self.cfg.events_topic)
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(libpq_url(self.cfg.database_url), autocommit=True, connect_timeout=5)
+            self.conn = psycopg.connect(
+                **psycopg_connect_args(self.cfg.database_url), autocommit=True, connect_timeout=5
+            )
         return self.conn
 
     def _snapshot(self) -> CatalogSnapshot:
@@ -219,9 +222,3 @@ class BatchProcessor:
                 continue
             self.metrics.observe_batch(result, time.perf_counter() - started)
             return result
-
-
-def libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
@@ -30,7 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from schemas.errors import ValoraError
 from streams.batch import Record
 from streams.metrics import WorkerMetrics
-from streams.processor import BatchProcessor, WorkerConfig, libpq_url, stored_offsets
+from streams.processor import BatchProcessor, WorkerConfig
 from streams.sink import BatchResult
 
 __all__ = ["BatchProcessor", "WorkerConfig", "WorkerCrashed", "ensure_topics", "run_worker"]
@@ -243,8 +242,7 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
     idle: IdleWatch | None = None
     if cfg.until_idle:
         idle = IdleWatch(end_offsets(cfg.bootstrap, cfg.events_topic), cfg.idle_quiet_s)
-        with psycopg.connect(libpq_url(cfg.database_url), autocommit=True, connect_timeout=5) as conn:
-            processor.offsets.update(stored_offsets(conn, cfg.group, cfg.events_topic))
+        processor.offsets.update(processor.stored_offsets())
     holder: list[Worker] = []
 
     stopping: set[asyncio.Future[None]] = set()

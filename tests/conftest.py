@@ -25,9 +25,10 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from sqlalchemy.engine import make_url
 
+from invoicing.db import psycopg_connect_args
 from valora.devservices import start_broker
 from valora.embedded_pg import start_embedded_postgres, stop_embedded_postgres
-from valora.service_probes import postgres_answers, psycopg_connect_args
+from valora.service_probes import postgres_answers
 
 LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

@@ -18,9 +18,10 @@ import psutil
 import psycopg
 import pytest
 
+from invoicing.db import psycopg_connect_args
 from tests.conftest import private_tmp_dir, wait_for
 from valora.devservices import dev_down, dev_status, dev_up, read_state, start_broker
-from valora.service_probes import ServiceError, broker_answers, postgres_answers, psycopg_connect_args
+from valora.service_probes import ServiceError, broker_answers, postgres_answers
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from valora.service_probes import POLL_S, ServiceError, postgres_problem, psycopg_connect_args, redact_url
+from invoicing.db import psycopg_connect_args
+from valora.service_probes import POLL_S, ServiceError, postgres_problem, redact_url
 
 EMBEDDED_USER = "postgres"
 _STOP_GRACE_S = 10.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from invoicing.db import psycopg_connect_args
 
 POLL_S = 0.05
 
@@ -24,28 +24,6 @@ def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
     except KafkaException:
         return False
     return True
-
-
-def psycopg_connect_args(database_url: str) -> dict[str, Any]:
-    """Connection keywords for psycopg from a `postgresql[+driver]://` URL.
-
-    Parsing with SQLAlchemy (instead of rewriting the scheme) keeps query options
-    such as `?host=/socket/dir` intact however they were quoted.
-    """
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    args: dict[str, Any] = {k: v if isinstance(v, str) else v[-1] for k, v in url.query.items()}
-    for key, value in (
-        ("host", url.host),
-        ("port", url.port),
-        ("user", url.username),
-        ("password", url.password),
-        ("dbname", url.database),
-    ):
-        if value not in (None, ""):
-            args[key] = value
-    return args
 
 
 def redact_url(database_url: str) -> str:

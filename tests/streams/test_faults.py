@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from invoicing.db import psycopg_connect_args
 from streams.publish import publish
 from tests.conftest import wait_for
 from tests.streams.conftest import (
@@ -35,7 +36,6 @@ from tests.streams.conftest import (
     make_tenants,
     read_dlq,
 )
-from valora.service_probes import psycopg_connect_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
