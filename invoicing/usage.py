@@ -108,12 +108,33 @@ def totals_for(engine: Engine, keys: Iterable[tuple[str, str, datetime]]) -> lis
     wanted = sorted(set(keys))
     with Session(engine) as session:
         usage = _usage_by_key(session, wanted)
+        subs = {
+            (s.organization_id, s.id): s
+            for s in session.scalars(
+                select(m.Subscription).where(
+                    tuple_(m.Subscription.organization_id, m.Subscription.id).in_(
+                        {(org, sub) for org, sub, _ in wanted}
+                    )
+                )
+            )
+        }
+        plan_keys = {(s.organization_id, s.plan_code) for s in subs.values()}
+        plans = (
+            {
+                (p.organization_id, p.code): load_plan(p.spec)
+                for p in session.scalars(
+                    select(m.Plan).where(tuple_(m.Plan.organization_id, m.Plan.code).in_(plan_keys))
+                )
+            }
+            if plan_keys
+            else {}
+        )
         out = []
         for org, sub_id, ps in wanted:
-            sub = session.get(m.Subscription, (org, sub_id))
+            sub = subs.get((org, sub_id))
             if sub is None:
                 continue
-            plan = load_plan(session.get_one(m.Plan, (org, sub.plan_code)).spec)
+            plan = plans[(org, sub.plan_code)]
             period = period_containing(sub.billing_anchor, plan.interval, ps, plan.interval_count)
             out.append(_rated_period(sub, plan, period, usage[(org, sub_id, ps)]))
         return out

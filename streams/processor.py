@@ -18,9 +18,10 @@ from typing import Any
 import orjson
 import psycopg
 from confluent_kafka import Producer
+from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from invoicing.db import psycopg_connect_args
+from invoicing.db import make_engine, psycopg_connect_args
 from streams.batch import BatchPlan, DeadLetter, Record, plan_batch
 from streams.decode import Reason
 from streams.metrics import WorkerMetrics
@@ -78,20 +79,17 @@ class BatchProcessor:
         self.offsets: dict[int, int] = {}
         self.crash: BaseException | None = None
         self.touched: set[tuple[str, str, datetime]] = set()
-        self._totals_engine: Any = None
+        self._engine: Engine | None = None  # snapshot loads and totals publishing share it
 
     def publish_totals(self) -> int:
         """Rate and publish the running totals touched since the last call (compacted topic)."""
         touched, self.touched = self.touched, set()
         if not touched:
             return 0
-        from invoicing.db import make_engine
         from invoicing.usage import totals_for
 
-        if self._totals_engine is None:
-            self._totals_engine = make_engine(self.cfg.database_url, pool_size=1)
         try:
-            totals = totals_for(self._totals_engine, touched)
+            totals = totals_for(self._sqlalchemy(), touched)
         except OperationalError:
             self.touched |= touched  # Postgres away: publish on a later tick
             return 0
@@ -114,15 +112,15 @@ class BatchProcessor:
 
     def _snapshot(self) -> CatalogSnapshot:
         if self.snapshot is None or time.monotonic() - self.snapshot_at > self.cfg.snapshot_refresh_s:
-            from invoicing.db import make_engine
-
-            engine = make_engine(self.cfg.database_url, pool_size=1)
-            try:
-                self.snapshot = load_snapshot(engine)
-            finally:
-                engine.dispose()
+            self.snapshot = load_snapshot(self._sqlalchemy())
             self.snapshot_at = time.monotonic()
         return self.snapshot
+
+    def _sqlalchemy(self) -> Engine:
+        """One pooled engine for the catalog snapshot and the totals publisher (two threads)."""
+        if self._engine is None:
+            self._engine = make_engine(self.cfg.database_url, pool_size=2)
+        return self._engine
 
     def _produce_dead_letters(self, dead: list[DeadLetter]) -> None:
         for d in dead:
