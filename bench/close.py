@@ -14,10 +14,11 @@ from typing import Any
 
 import psycopg
 
-from bench.common import apply_synthetic_catalog, fresh_database, resolve_services
+from bench.common import apply_synthetic_catalog
 from invoicing.close import close_due
-from invoicing.db import make_engine, psycopg_connect_args
+from invoicing.db import make_engine, psycopg_connect_args, recreate_database
 from valora.cli import CLOSE_BATCH
+from valora.cli_common import services_for
 
 ORGS = 1000
 
@@ -46,8 +47,8 @@ def _seed_subscriptions(db_url: str, subscriptions: int) -> None:
 
 
 def run_close_bench(settings: Any, *, subscriptions: int) -> dict[str, Any]:
-    _, server_url = resolve_services(settings)
-    db_url = fresh_database(server_url, "valora_bench_close")
+    _, server_url = services_for(settings)
+    db_url = recreate_database(server_url, "valora_bench_close")
     apply_synthetic_catalog(db_url, ORGS, subscriptions_per_org=0)
     _seed_subscriptions(db_url, subscriptions)
     engine = make_engine(db_url)

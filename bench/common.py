@@ -6,18 +6,7 @@ import json
 from typing import Any
 
 from invoicing.catalog import apply_catalog, parse_catalog
-from invoicing.db import make_engine, recreate_database
-
-
-def resolve_services(settings: Any) -> tuple[str, str]:
-    """Bootstrap and server URL from the environment, else the dev services (started if needed)."""
-    from valora.devservices import resolve_or_start
-
-    return resolve_or_start(settings.kafka_bootstrap, settings.database_url, settings.state_dir)
-
-
-def fresh_database(server_url: str, name: str) -> str:
-    return recreate_database(server_url, name)
+from invoicing.db import make_engine
 
 
 def synthetic_catalog(organizations: int, subscriptions_per_org: int = 1) -> dict[str, Any]:

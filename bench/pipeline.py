@@ -28,10 +28,11 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.common import apply_synthetic_catalog, fresh_database, resolve_services
-from invoicing.db import psycopg_connect_args
+from bench.common import apply_synthetic_catalog
+from invoicing.db import psycopg_connect_args, recreate_database
 from streams.publish import publish
 from streams.worker import ensure_topics
+from valora.cli_common import services_for
 
 ORGS = 1000
 PARTITIONS = 8
@@ -147,8 +148,8 @@ def _freshness(
 
 
 def run_pipeline_bench(settings: Any, *, events: int) -> dict[str, Any]:
-    bootstrap, server_url = resolve_services(settings)
-    db_url = fresh_database(server_url, "valora_bench")
+    bootstrap, server_url = services_for(settings)
+    db_url = recreate_database(server_url, "valora_bench")
     apply_synthetic_catalog(db_url, ORGS)
     topic = f"bench.events.{int(time.time())}"
     ensure_topics(bootstrap, {topic: PARTITIONS, f"{topic}.dlq": PARTITIONS})

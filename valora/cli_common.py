@@ -66,3 +66,10 @@ def connect_engine(settings: Any) -> Any:
     from invoicing.db import connect
 
     return connect(resolve_database_url(settings))
+
+
+def services_for(settings: Any) -> tuple[str, str]:
+    """Kafka bootstrap and Postgres URL from the settings, starting the embedded dev services for what is unset."""
+    from valora.devservices import resolve_or_start
+
+    return resolve_or_start(settings.kafka_bootstrap, settings.database_url, settings.state_dir)

@@ -84,11 +84,10 @@ def _bad_record(rng: random.Random, i: int) -> bytes:
 
 
 def run_demo(settings: Any, *, events: int) -> int:
-    from valora.cli_common import resolve_bootstrap
-    from valora.devservices import resolve_or_start
+    from valora.cli_common import resolve_bootstrap, services_for
 
     started = time.perf_counter()
-    bootstrap, server_url = resolve_or_start(settings.kafka_bootstrap, settings.database_url, settings.state_dir)
+    bootstrap, server_url = services_for(settings)
     settings = type(settings)(**{**vars(settings), "kafka_bootstrap": bootstrap})
     resolve_bootstrap(settings)
     database_url = recreate_database(server_url, "valora_demo")
