@@ -39,9 +39,10 @@ def _seed_subscriptions(db_url: str, subscriptions: int) -> None:
             "'2026-02-01Z', 0 FROM customers WHERE id LIKE 'b%%'"
         )
         conn.execute(
-            "INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, period_end, "
-            "quantity, event_count, closed) "
-            "SELECT s.organization_id, s.id, mk, '2026-01-01Z', '2026-02-01Z', (random() * 200000)::int, 1, false "
+            "INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, segment_start, "
+            "period_end, quantity, event_count, closed) "
+            "SELECT s.organization_id, s.id, mk, '2026-01-01Z', '2026-01-01Z', '2026-02-01Z', "
+            "(random() * 200000)::int, 1, false "
             "FROM subscriptions s, unnest(ARRAY['calls', 'tokens', 'peak']) mk WHERE s.id LIKE 'sb%%'"
         )
 

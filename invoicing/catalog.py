@@ -28,7 +28,7 @@ from invoicing.subscriptions import cursor_due_at
 from rating.periods import period_containing
 from schemas import catalog as c
 from schemas.errors import InvalidInput, InvalidPlan
-from schemas.plans import Plan, load_plan
+from schemas.plans import BillingTiming, Plan, load_plan
 
 
 class InvalidCatalog(InvalidInput):
@@ -39,7 +39,15 @@ _LIVE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionSta
 _SUBSCRIPTION_KEYS = frozenset({"organization_id", "id"})
 # Written once, when the subscription is created; the close and the lifecycle commands own them after that.
 _SUBSCRIPTION_INSERT_ONLY = frozenset(
-    {"next_period_start", "next_close_at", "close_attempts", "status", "cancel_at_period_end", "trial_end"}
+    {
+        "next_period_start",
+        "next_close_at",
+        "close_attempts",
+        "status",
+        "cancel_at_period_end",
+        "trial_end",
+        "opening_pending",
+    }
 )
 
 
@@ -339,10 +347,18 @@ def _subscription_row(s: c.Subscription, plan: Plan) -> dict[str, Any]:
 
     A trial subscription without an explicit anchor is anchored on its trial's end, so no
     period straddles the trial's end (see `invoicing.close` on trial usage). The first
-    period is due at its end, or at the subscription's end if that comes first.
+    period is due at its end, or at the subscription's end if that comes first. A plan that
+    bills flat charges in advance first owes an opening invoice, due when the first paid
+    time starts (the start, or the trial's end), if that is inside the first period.
     """
     anchor = s.billing_anchor or s.trial_end or s.start
     first = period_containing(anchor, plan.interval, s.start, plan.interval_count)
+    paid_start = s.start if s.trial_end is None else max(s.start, s.trial_end)
+    opening = (
+        plan.billing_timing is BillingTiming.IN_ADVANCE
+        and paid_start < first.end
+        and (s.end is None or paid_start < s.end)
+    )
     trial = s.trial_end is not None and s.trial_end > s.start
     state = advance_subscription(None, SubscriptionAction.START_TRIAL if trial else SubscriptionAction.START)
     return {
@@ -354,7 +370,8 @@ def _subscription_row(s: c.Subscription, plan: Plan) -> dict[str, Any]:
         "billing_anchor": anchor,
         "end_at": s.end,
         "next_period_start": first.start,
-        "next_close_at": first.end if s.end is None else min(first.end, s.end),
+        "next_close_at": paid_start if opening else (first.end if s.end is None else min(first.end, s.end)),
+        "opening_pending": opening,
         "close_attempts": 0,
         "status": state.status.value,
         "cancel_at_period_end": state.cancel_at_period_end,

@@ -45,13 +45,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Engine, text, tuple_
+from sqlalchemy import Engine, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.invoice_rows import BilledLine, ClosingItem, write_invoices
+from invoicing.period_rating import PlanHistory, opening_lines, period_lines, segments
 from invoicing.subscriptions import cursor_due_at, record_period_end
-from rating import Period, from_minor, period_containing, rate_charge, rate_plan
+from rating import Period, from_minor, period_containing, rate_charge
 from schemas.plans import Plan, load_plan
 
 RETRY_BASE = timedelta(seconds=30)
@@ -76,10 +77,12 @@ class CloseSummary:
         self.errors += other.errors
 
 
-def invoice_id(org: str, subscription: str, period_start: datetime) -> str:
-    """Deterministic id: the same (subscription, period) always names the same invoice."""
-    digest = hashlib.sha256(f"{org}\x1f{subscription}\x1f{period_start.isoformat()}".encode()).hexdigest()
-    return f"in_{digest[:24]}"
+def invoice_id(org: str, subscription: str, period_start: datetime, billing_reason: str = "period") -> str:
+    """Deterministic id: the same (subscription, period, billing reason) always names the same invoice."""
+    name = f"{org}\x1f{subscription}\x1f{period_start.isoformat()}"
+    if billing_reason != "period":
+        name += f"\x1f{billing_reason}"
+    return f"in_{hashlib.sha256(name.encode()).hexdigest()[:24]}"
 
 
 def _claim(
@@ -100,34 +103,75 @@ def _claim(
     )
 
 
-def _close_totals(session: Session, items: list[ClosingItem]) -> dict[tuple[str, str], dict[str, Decimal]]:
-    """Mark the items' usage rows closed and return their final quantities per (org, subscription)."""
+Usage = dict[tuple[str, str], dict[datetime, dict[str, Decimal]]]  # (org, sub) → segment start → meter → qty
+
+
+def _close_totals(session: Session, items: list[ClosingItem], histories: dict[tuple[str, str], PlanHistory]) -> Usage:
+    """Mark the items' usage rows closed and return their final quantities per (org, subscription).
+
+    Every plan segment of the period gets a row per meter its plan bills (zero if unused), so
+    an event the worker commits afterwards finds the row closed and becomes late usage.
+    """
     rows = [
-        (i.sub.organization_id, i.sub.id, meter, i.period.start, i.period.end)
+        (i.sub.organization_id, i.sub.id, meter, i.period.start, part.key, i.period.end)
         for i in items
-        for meter in sorted({ch.meter for ch in i.plan.charges if ch.meter})
+        for part in segments(i.sub, histories[(i.sub.organization_id, i.sub.id)], i.period)
+        for meter in sorted({ch.meter for ch in part.plan.charges if ch.meter})
     ]
-    usage: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(dict)
+    usage: Usage = defaultdict(lambda: defaultdict(dict))
     if not rows:
         return usage
     cols = [list(col) for col in zip(*rows, strict=True)]
     result = session.execute(
         text(
-            "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, period_end, "
-            "quantity, event_count, closed) SELECT o, s, mk, ps, pe, 0, 0, true FROM unnest(CAST(:o AS text[]), "
-            "CAST(:s AS text[]), CAST(:mk AS text[]), CAST(:ps AS timestamptz[]), CAST(:pe AS timestamptz[])) "
-            "AS u(o, s, mk, ps, pe) "
-            "ON CONFLICT (organization_id, subscription_id, meter_key, period_start) DO UPDATE SET closed = true "
-            "RETURNING organization_id, subscription_id, meter_key, quantity"
+            "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, segment_start, "
+            "period_end, quantity, event_count, closed) SELECT o, s, mk, ps, ss, pe, 0, 0, true FROM "
+            "unnest(CAST(:o AS text[]), CAST(:s AS text[]), CAST(:mk AS text[]), CAST(:ps AS timestamptz[]), "
+            "CAST(:ss AS timestamptz[]), CAST(:pe AS timestamptz[])) AS u(o, s, mk, ps, ss, pe) "
+            "ON CONFLICT (organization_id, subscription_id, meter_key, period_start, segment_start) "
+            "DO UPDATE SET closed = true RETURNING organization_id, subscription_id, segment_start, meter_key, quantity"
         ),
-        {"o": cols[0], "s": cols[1], "mk": cols[2], "ps": cols[3], "pe": cols[4]},
+        {"o": cols[0], "s": cols[1], "mk": cols[2], "ps": cols[3], "ss": cols[4], "pe": cols[5]},
     )
-    for org, sub, meter, qty in result:
-        usage[(org, sub)][meter] = qty
+    for org, sub, segment, meter, qty in result:
+        usage[(org, sub)][segment][meter] = qty
     return usage
 
 
-def _late_lines(session: Session, items: list[ClosingItem]) -> dict[str, list[BilledLine]]:
+def load_histories(
+    session: Session, subs: list[m.Subscription], plan_cache: dict[tuple[str, str], Plan]
+) -> dict[tuple[str, str], PlanHistory]:
+    """Each subscription's plan history: the plan it started on and its plan changes, in time order."""
+    keys = [(s.organization_id, s.id) for s in subs]
+    changes: dict[tuple[str, str], list[m.PlanChange]] = defaultdict(list)
+    for change in session.scalars(
+        select(m.PlanChange)
+        .where(tuple_(m.PlanChange.organization_id, m.PlanChange.subscription_id).in_(keys))
+        .order_by(m.PlanChange.effective_at)
+    ):
+        changes[(change.organization_id, change.subscription_id)].append(change)
+    load_plans(session, plan_cache, {(c.organization_id, c.to_plan) for cs in changes.values() for c in cs})
+    return {
+        (s.organization_id, s.id): PlanHistory(
+            plan_cache[(s.organization_id, s.plan_code)],
+            tuple(
+                (c.effective_at, plan_cache[(c.organization_id, c.to_plan)]) for c in changes[(s.organization_id, s.id)]
+            ),
+        )
+        for s in subs
+    }
+
+
+def load_plans(session: Session, plan_cache: dict[tuple[str, str], Plan], wanted: set[tuple[str, str]]) -> None:
+    missing = wanted - set(plan_cache)
+    if missing:
+        for row in session.query(m.Plan).filter(tuple_(m.Plan.organization_id, m.Plan.code).in_(missing)):
+            plan_cache[(row.organization_id, row.code)] = load_plan(row.spec)
+
+
+def _late_lines(
+    session: Session, items: list[ClosingItem], histories: dict[tuple[str, str], PlanHistory]
+) -> dict[str, list[BilledLine]]:
     """Adjustment lines for usage that arrived after its period was invoiced, per invoice id.
 
     The adjustment is what the late usage adds to the charge's billed amount in its own
@@ -144,7 +188,8 @@ def _late_lines(session: Session, items: list[ClosingItem]) -> dict[str, list[Bi
             "CAST(:inv AS text[]), CAST(:fb AS timestamptz[])) AS u(o, s, inv, fb) "
             "WHERE l.organization_id = u.o AND l.subscription_id = u.s "
             "AND l.billed_invoice_id IS NULL AND (u.fb IS NULL OR l.period_start >= u.fb) "
-            "RETURNING l.organization_id, l.subscription_id, l.meter_key, l.period_start, l.period_end, l.value"
+            "RETURNING l.organization_id, l.subscription_id, l.meter_key, l.period_start, l.period_end, "
+            "l.segment_start, l.value"
         ),
         {
             "o": [k[0] for k in keys],
@@ -153,32 +198,34 @@ def _late_lines(session: Session, items: list[ClosingItem]) -> dict[str, list[Bi
             "fb": free_before,
         },
     ).all()
-    grouped: dict[tuple[str, str, datetime, datetime, str], Decimal] = defaultdict(Decimal)
-    for org, sub, meter, ps, pe, value in late:
-        grouped[(org, sub, ps, pe, meter)] += value
+    grouped: dict[tuple[str, str, datetime, datetime, datetime, str], Decimal] = defaultdict(Decimal)
+    for org, sub, meter, ps, pe, segment, value in late:
+        grouped[(org, sub, ps, pe, segment, meter)] += value
     out: dict[str, list[BilledLine]] = defaultdict(list)
-    for (org, sub, ps, pe, meter), extra in sorted(grouped.items()):
+    for (org, sub, ps, pe, segment, meter), extra in sorted(grouped.items()):
         item = by_sub[(org, sub)]
+        plan = histories[(org, sub)].plan_at(segment)  # the plan in force when the usage happened
         base = session.execute(
             text(
                 "SELECT quantity FROM usage_totals WHERE organization_id = :o AND subscription_id = :s "
-                "AND meter_key = :mk AND period_start = :ps"
+                "AND meter_key = :mk AND period_start = :ps AND segment_start = :ss"
             ),
-            {"o": org, "s": sub, "mk": meter, "ps": ps},
+            {"o": org, "s": sub, "mk": meter, "ps": ps, "ss": segment},
         ).scalar()
         base = base if base is not None else Decimal(0)
-        for charge in item.plan.charges:
+        suffix = "" if segment == ps else f"@{segment:%Y%m%dT%H%M%S}"
+        for charge in plan.charges:
             if charge.meter != meter:
                 continue
-            before = sum(line.amount_minor for line in rate_charge(charge, base, item.plan.currency))
-            after = sum(line.amount_minor for line in rate_charge(charge, base + extra, item.plan.currency))
+            before = sum(line.amount_minor for line in rate_charge(charge, base, plan.currency))
+            after = sum(line.amount_minor for line in rate_charge(charge, base + extra, plan.currency))
             out[item.invoice_id].append(
                 BilledLine(
-                    line_key=f"late:{ps:%Y%m%dT%H%M%S}:{charge.key}",
+                    line_key=f"late:{ps:%Y%m%dT%H%M%S}:{charge.key}{suffix}",
                     charge=charge.key,
                     kind="adjustment",
                     quantity=extra,
-                    amount=from_minor(after - before, item.plan.currency),
+                    amount=from_minor(after - before, plan.currency),
                     amount_minor=after - before,
                     description=f"Late usage for {ps:%Y-%m-%d} – {pe:%Y-%m-%d}: {extra} more {meter}",
                     service_start=ps,
@@ -245,10 +292,8 @@ def close_batch(
             o.id: o
             for o in session.query(m.Organization).filter(m.Organization.id.in_({s.organization_id for s in subs}))
         }
-        missing = {(s.organization_id, s.plan_code) for s in subs} - set(plan_cache)
-        if missing:
-            for row in session.query(m.Plan).filter(tuple_(m.Plan.organization_id, m.Plan.code).in_(missing)):
-                plan_cache[(row.organization_id, row.code)] = load_plan(row.spec)
+        load_plans(session, plan_cache, {(s.organization_id, s.plan_code) for s in subs})
+        histories = load_histories(session, subs, plan_cache)
         items: list[ClosingItem] = []
         finished: list[tuple[m.Subscription, str]] = []
         for sub in subs:
@@ -259,61 +304,62 @@ def close_batch(
                 finished.append((sub, "no period left to invoice"))
                 continue
             period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
-            items.append(ClosingItem(sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start)))
-        usage = _close_totals(session, items)
-        late = _late_lines(session, items) if items else {}
-        rated = _rate_items(session, items, usage, late, now, summary)
+            reason = "opening" if sub.opening_pending else "period"
+            items.append(
+                ClosingItem(
+                    sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start, reason), [], reason
+                )
+            )
+        periods = [i for i in items if i.billing_reason == "period"]
+        usage = _close_totals(session, periods, histories)
+        late = _late_lines(session, periods, histories) if periods else {}
+        rated = _rate_items(session, items, histories, usage, late, now, summary)
         for item in rated:
+            item.sub.advance_billed_until = item.advance_billed_until
+            if item.billing_reason == "opening":
+                item.sub.opening_pending = False
+                item.sub.next_close_at = cursor_due_at(item.sub, item.plan, item.sub.end_at)
+                item.sub.close_attempts, item.sub.close_retry_at = 0, None
+                continue
             _advance(item.sub, item.plan, item.period)
             if item.sub.next_close_at is None:
                 finished.append((item.sub, f"final invoice {item.invoice_id} written"))
-        if rated:
-            write_invoices(session, rated, orgs, issued_at)
+        written = [i for i in rated if i.lines or i.billing_reason == "period"]  # an empty opening is no invoice
+        if written:
+            write_invoices(session, written, orgs, issued_at)
         record_period_end(session, finished, issued_at)
-        summary.invoices = len(rated)
-        summary.invoice_ids = [i.invoice_id for i in rated]
+        summary.invoices = len(written)
+        summary.invoice_ids = [i.invoice_id for i in written]
     return summary
 
 
 def _rate_items(
     session: Session,
     items: list[ClosingItem],
-    usage: dict[tuple[str, str], dict[str, Decimal]],
+    histories: dict[tuple[str, str], PlanHistory],
+    usage: Usage,
     late: dict[str, list[BilledLine]],
     now: datetime,
     summary: CloseSummary,
 ) -> list[ClosingItem]:
-    """Rate each item's period into its lines; a failure is recorded for a retry and left out."""
+    """Rate each item into its lines; a failure is recorded for a retry and left out."""
     rated: list[ClosingItem] = []
     for item in items:
         sub = item.sub
-        quantities = usage[(sub.organization_id, sub.id)]
-        if trial_usage_free(sub, item.plan, item.period.start):
-            quantities = {}
+        history = histories[(sub.organization_id, sub.id)]
         try:
-            result = rate_plan(item.plan, quantities, item.period, active_from=paid_from(sub), active_until=sub.end_at)
+            if item.billing_reason == "opening":
+                bill = opening_lines(sub, history, item.period)
+            else:
+                bill = period_lines(sub, history, item.period, usage[(sub.organization_id, sub.id)])
         except Exception as exc:  # one poison item must not block the rest: record it, retry later
             summary.errors.append(_record_failure(session, item, exc, now))
             summary.failed += 1
             continue
-        item.lines = [BilledLine.from_rated(line, item.period) for line in result.lines]
-        item.lines += late.get(item.invoice_id, [])
+        item.lines = bill.lines + late.get(item.invoice_id, [])
+        item.advance_billed_until = bill.advance_billed_until
         rated.append(item)
     return rated
-
-
-def paid_from(sub: m.Subscription) -> datetime:
-    """Where flat charges start: the subscription's start, or its trial's end (a trial pays no flat fee)."""
-    return sub.start_at if sub.trial_end is None else max(sub.start_at, sub.trial_end)
-
-
-def trial_usage_free(sub: m.Subscription, plan: Plan, period_start: datetime) -> bool:
-    """Whether the usage of the period starting at `period_start` is not billed because of the trial.
-
-    True for every period that starts before the trial's end when the plan does not bill
-    trial usage, including a period that straddles the trial's end (see the module docstring).
-    """
-    return sub.trial_end is not None and not plan.trial_usage_billed and period_start < sub.trial_end
 
 
 def close_due(

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.numbering import format_number, reserve_numbers
-from rating import Period, RatedLine
+from rating import Period, RatedLine, TierLine, WindowedLine
 from schemas.plans import Plan
 
 
@@ -40,20 +40,7 @@ class BilledLine:
 
     @classmethod
     def from_rated(cls, line: RatedLine, period: Period) -> BilledLine:
-        details = None
-        if line.tiers:
-            details = {
-                "tiers": [
-                    {
-                        "tier": t.tier,
-                        "quantity": str(t.quantity),
-                        "unit_amount": str(t.unit_amount),
-                        "flat_amount": str(t.flat_amount),
-                        "amount": str(t.amount),
-                    }
-                    for t in line.tiers
-                ]
-            }
+        """A line of `rating.rate_plan`, whose service window is the whole period."""
         return cls(
             line.line_key,
             line.charge,
@@ -64,8 +51,41 @@ class BilledLine:
             line.description,
             period.start,
             period.end,
-            details,
+            _tier_details(line.tiers),
         )
+
+    @classmethod
+    def from_windowed(cls, line: WindowedLine) -> BilledLine:
+        """A line of the plan-change and in-advance functions, with its own service window."""
+        return cls(
+            line.line_key,
+            line.charge,
+            line.kind.value,
+            line.quantity,
+            line.amount,
+            line.amount_minor,
+            line.description,
+            line.service_start,
+            line.service_end,
+            _tier_details(line.tiers),
+        )
+
+
+def _tier_details(tiers: tuple[TierLine, ...]) -> dict[str, Any] | None:
+    if not tiers:
+        return None
+    return {
+        "tiers": [
+            {
+                "tier": t.tier,
+                "quantity": str(t.quantity),
+                "unit_amount": str(t.unit_amount),
+                "flat_amount": str(t.flat_amount),
+                "amount": str(t.amount),
+            }
+            for t in tiers
+        ]
+    }
 
 
 @dataclass
@@ -77,6 +97,8 @@ class ClosingItem:
     period: Period
     invoice_id: str
     lines: list[BilledLine] = field(default_factory=list)
+    billing_reason: str = "period"  # or "opening": the first period's flat charges, billed in advance
+    advance_billed_until: datetime | None = None  # the subscription's value once this invoice is written
 
 
 def _numbers(session: Session, items: list[ClosingItem], orgs: dict[str, m.Organization], year: int) -> dict[str, str]:
@@ -111,6 +133,7 @@ _INVOICE_COLS = (
     "issued_at",
     "due_at",
     "issue_after",
+    "billing_reason",
 )
 _LINE_COLS = (
     "invoice_id",
@@ -168,6 +191,7 @@ def write_invoices(
                         total,
                         total,
                         *_status_and_dates(orgs[sub.organization_id], number, issued_at),
+                        item.billing_reason,
                     )
                 )
         with cur.copy(f"COPY invoice_lines ({', '.join(_LINE_COLS)}) FROM STDIN") as copy:
@@ -192,4 +216,7 @@ def write_invoices(
         with cur.copy(f"COPY invoice_status_history ({', '.join(_HISTORY_COLS)}) FROM STDIN") as copy:
             for item in items:
                 status = "issued" if item.invoice_id in numbers else "draft"
-                copy.write_row((item.invoice_id, 1, None, status, issued_at, "period closed", "close"))
+                reason = (
+                    "period closed" if item.billing_reason == "period" else "subscription opened (billed in advance)"
+                )
+                copy.write_row((item.invoice_id, 1, None, status, issued_at, reason, "close"))

@@ -17,6 +17,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -101,6 +102,9 @@ class Subscription(Base):
     cancel_at_period_end: Mapped[bool] = mapped_column(server_default=text("false"))
     trial_end: Mapped[datetime | None] = mapped_column(TS)
     canceled_at: Mapped[datetime | None] = mapped_column(TS)  # when a cancel (now or scheduled) was asked for
+    # In-advance billing: the opening invoice is still to be written; in-advance flat fees are billed up to here.
+    opening_pending: Mapped[bool] = mapped_column(server_default=text("false"))
+    advance_billed_until: Mapped[datetime | None] = mapped_column(TS)
     __table_args__ = (
         ForeignKeyConstraint(["organization_id", "customer_id"], ["customers.organization_id", "customers.id"]),
         ForeignKeyConstraint(["organization_id", "plan_code"], ["plans.organization_id", "plans.code"]),
@@ -144,6 +148,35 @@ class SubscriptionStatusChange(Base):
     )
 
 
+class PlanChange(Base):
+    """A change of a subscription's plan, in force from `effective_at` (until the next change).
+
+    The plan in force at t is the `to_plan` of the last change at or before t, else the
+    subscription's `plan_code` (the plan it started on). `id` grows with every change; the
+    worker compares the largest one with its catalog snapshot's.
+    """
+
+    __tablename__ = "subscription_plan_changes"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    effective_at: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True))
+    from_plan: Mapped[str] = mapped_column(Text)
+    to_plan: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(TS)
+    actor: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["organization_id", "subscription_id"], ["subscriptions.organization_id", "subscriptions.id"]
+        ),
+        ForeignKeyConstraint(["organization_id", "from_plan"], ["plans.organization_id", "plans.code"]),
+        ForeignKeyConstraint(["organization_id", "to_plan"], ["plans.organization_id", "plans.code"]),
+        CheckConstraint("from_plan <> to_plan", name="plan_change_changes"),
+        UniqueConstraint("id", name="plan_change_id"),
+    )
+
+
 class Event(Base):
     """An accepted usage event: the persisted input every invoice is derived from."""
 
@@ -160,7 +193,11 @@ class Event(Base):
 
 
 class UsageTotal(Base):
-    """Quantity so far per (subscription, meter, billing period).
+    """Quantity so far per (subscription, meter, billing period, plan segment).
+
+    `segment_start` is the period's start, or the instant of the plan change that began
+    the segment when the plan changed inside the period. `latest_time` is the latest event
+    time counted (for every aggregation; `latest` meters also keep that event's id).
 
     `closed` flips to true in the close's transaction; the worker's upsert only adds
     to open rows, so usage that arrives for a closed period becomes late usage instead.
@@ -171,23 +208,28 @@ class UsageTotal(Base):
     subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
     meter_key: Mapped[str] = mapped_column(Text, primary_key=True)
     period_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    segment_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
     period_end: Mapped[datetime] = mapped_column(TS)
     quantity: Mapped[Decimal] = mapped_column(Numeric, default=Decimal(0))
     event_count: Mapped[int] = mapped_column(BigInteger, default=0)
     latest_time: Mapped[datetime | None] = mapped_column(TS)
     latest_event: Mapped[str | None] = mapped_column(Text)
     closed: Mapped[bool] = mapped_column(default=False)
-    __table_args__ = (CheckConstraint("period_end > period_start", name="usage_period"),)
+    __table_args__ = (
+        CheckConstraint("period_end > period_start", name="usage_period"),
+        CheckConstraint("segment_start >= period_start AND segment_start < period_end", name="usage_segment"),
+    )
 
 
 class UsageUniqueValue(Base):
-    """Distinct values seen by a `unique_count` meter in one period."""
+    """Distinct values seen by a `unique_count` meter in one period's plan segment."""
 
     __tablename__ = "usage_unique_values"
     organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
     subscription_id: Mapped[str] = mapped_column(Text, primary_key=True)
     meter_key: Mapped[str] = mapped_column(Text, primary_key=True)
     period_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    segment_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
     value: Mapped[str] = mapped_column(Text, primary_key=True)
 
 
@@ -201,6 +243,7 @@ class LateUsage(Base):
     meter_key: Mapped[str] = mapped_column(Text, primary_key=True)
     period_start: Mapped[datetime] = mapped_column(TS)
     period_end: Mapped[datetime] = mapped_column(TS)
+    segment_start: Mapped[datetime] = mapped_column(TS)
     value: Mapped[Decimal] = mapped_column(Numeric)
     billed_invoice_id: Mapped[str | None] = mapped_column(Text)
 
@@ -248,8 +291,11 @@ class Invoice(Base):
     issue_after: Mapped[datetime | None] = mapped_column(TS)
     subtotal_minor: Mapped[int] = mapped_column(BigInteger)
     total_minor: Mapped[int] = mapped_column(BigInteger)
+    # "period": a billing period's close; "opening": the first period's flat fees billed in advance.
+    billing_reason: Mapped[str] = mapped_column(Text, server_default=text("'period'"))
     __table_args__ = (
-        UniqueConstraint("organization_id", "subscription_id", "period_start", name="invoice_period"),
+        UniqueConstraint("organization_id", "subscription_id", "period_start", "billing_reason", name="invoice_period"),
+        CheckConstraint("billing_reason IN ('period', 'opening')", name="invoice_billing_reason"),
         UniqueConstraint("organization_id", "number", name="invoice_number"),
         CheckConstraint("status IN ('draft','issued','paid','void','uncollectible')", name="invoice_status"),
         CheckConstraint(

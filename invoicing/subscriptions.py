@@ -101,8 +101,15 @@ def cursor_due_at(sub: m.Subscription, plan: Plan, end_at: datetime | None) -> d
     """
     if end_at is not None and sub.next_period_start >= end_at:
         return None
+    if sub.opening_pending:  # the opening invoice comes first: due when the paid time starts
+        return paid_from(sub) if end_at is None else min(paid_from(sub), end_at)
     period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
     return period.end if end_at is None else min(period.end, end_at)
+
+
+def paid_from(sub: m.Subscription) -> datetime:
+    """Where flat charges start: the subscription's start, or its trial's end (a trial pays no flat fee)."""
+    return sub.start_at if sub.trial_end is None else max(sub.start_at, sub.trial_end)
 
 
 def record_period_end(session: Session, finished: Sequence[tuple[m.Subscription, str]], at: datetime) -> None:

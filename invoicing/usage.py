@@ -17,44 +17,68 @@ from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from invoicing.close import paid_from, trial_usage_free
+from invoicing.close import load_histories, load_plans
+from invoicing.period_rating import PlanHistory, period_lines, segments
 from invoicing.queries import decimal_text, rfc3339
-from rating import Period, period_containing, rate_plan
-from schemas.plans import Plan, load_plan
+from rating import Period, period_containing
+from schemas.plans import Plan
 
 
-def _rated_period(sub: m.Subscription, plan: Plan, period: Period, usage: dict[str, Decimal]) -> dict[str, Any]:
-    billed_usage = {} if trial_usage_free(sub, plan, period.start) else usage  # the close's trial rules
-    rated = rate_plan(plan, billed_usage, period, active_from=paid_from(sub), active_until=sub.end_at)
+def _rated_period(
+    sub: m.Subscription, history: PlanHistory, period: Period, usage: dict[datetime, dict[str, Decimal]]
+) -> dict[str, Any]:
+    """The period as its close would bill it now (`invoicing.period_rating`, the close's own function)."""
+    bill = period_lines(sub, history, period, usage)
+    parts = segments(sub, history, period)
+    current = parts[-1] if parts else None
+    subtotal = sum(line.amount_minor for line in bill.lines)
     return {
         "organization": sub.organization_id,
         "subscription": sub.id,
         "customer": sub.customer_id,
-        "plan": plan.code,
-        "currency": plan.currency,
+        "plan": (current.plan if current else history.first).code,
+        "currency": history.first.currency,
         "period_start": rfc3339(period.start),
         "period_end": rfc3339(period.end),
-        "meters": {k: decimal_text(v) for k, v in sorted(usage.items())},
+        # The usage of the plan in force at the period's end; every plan segment's under "segments".
+        "meters": _meters(usage.get(current.key, {}) if current else {}),
+        "segments": [
+            {
+                "plan": part.plan.code,
+                "start": rfc3339(part.start),
+                "end": rfc3339(part.end),
+                "meters": _meters(usage.get(part.key, {})),
+            }
+            for part in parts
+        ],
         "lines": [
             {
                 "charge": line.charge,
-                "kind": line.kind.value,
+                "kind": line.kind,
                 "quantity": decimal_text(line.quantity),
                 "amount_minor": line.amount_minor,
                 "description": line.description,
+                "service_start": rfc3339(line.service_start),
+                "service_end": rfc3339(line.service_end),
             }
-            for line in rated.lines
+            for line in bill.lines
         ],
-        "subtotal_minor": rated.subtotal_minor,
-        "total_minor": rated.total_minor,
+        "subtotal_minor": subtotal,
+        "total_minor": subtotal,
     }
 
 
-def _usage_by_key(
-    session: Session, keys: Iterable[tuple[str, str, datetime]]
-) -> dict[tuple[str, str, datetime], dict[str, Decimal]]:
+def _meters(quantities: dict[str, Decimal]) -> dict[str, str]:
+    return {k: decimal_text(v) for k, v in sorted(quantities.items())}
+
+
+Usage = dict[tuple[str, str, datetime], dict[datetime, dict[str, Decimal]]]
+
+
+def _usage_by_key(session: Session, keys: Iterable[tuple[str, str, datetime]]) -> Usage:
+    """Quantities per (organization, subscription, period start), then per plan segment and meter."""
     wanted = list(keys)
-    out: dict[tuple[str, str, datetime], dict[str, Decimal]] = defaultdict(dict)
+    out: Usage = defaultdict(lambda: defaultdict(dict))
     if not wanted:
         return out
     rows = session.execute(
@@ -62,15 +86,21 @@ def _usage_by_key(
             m.UsageTotal.organization_id,
             m.UsageTotal.subscription_id,
             m.UsageTotal.period_start,
+            m.UsageTotal.segment_start,
             m.UsageTotal.meter_key,
             m.UsageTotal.quantity,
         ).where(
             tuple_(m.UsageTotal.organization_id, m.UsageTotal.subscription_id, m.UsageTotal.period_start).in_(wanted)
         )
     )
-    for org, sub, ps, meter, qty in rows:
-        out[(org, sub, ps)][meter] = qty
+    for org, sub, ps, segment, meter, qty in rows:
+        out[(org, sub, ps)][segment][meter] = qty
     return out
+
+
+def _period_of(sub: m.Subscription, history: PlanHistory, at: datetime) -> Period:
+    plan = history.first  # every plan of a subscription shares one interval (rating.check_compatible)
+    return period_containing(sub.billing_anchor, plan.interval, at, plan.interval_count)
 
 
 def running_totals(
@@ -86,21 +116,21 @@ def running_totals(
             for s in session.scalars(query.order_by(m.Subscription.id))
             if s.start_at <= at and (s.end_at is None or at < s.end_at)
         ]
-        plans = {
-            p.code: load_plan(p.spec)
-            for p in session.scalars(select(m.Plan).where(m.Plan.organization_id == organization))
-        }
-        periods = {
-            s.id: period_containing(
-                s.billing_anchor, plans[s.plan_code].interval, at, plans[s.plan_code].interval_count
-            )
-            for s in subs
-        }
+        histories = _histories(session, subs)
+        periods = {s.id: _period_of(s, histories[(organization, s.id)], at) for s in subs}
         usage = _usage_by_key(session, [(organization, s.id, periods[s.id].start) for s in subs])
         return [
-            _rated_period(s, plans[s.plan_code], periods[s.id], usage[(organization, s.id, periods[s.id].start)])
+            _rated_period(
+                s, histories[(organization, s.id)], periods[s.id], usage[(organization, s.id, periods[s.id].start)]
+            )
             for s in subs
         ]
+
+
+def _histories(session: Session, subs: list[m.Subscription]) -> dict[tuple[str, str], PlanHistory]:
+    plan_cache: dict[tuple[str, str], Plan] = {}
+    load_plans(session, plan_cache, {(s.organization_id, s.plan_code) for s in subs})
+    return load_histories(session, subs, plan_cache) if subs else {}
 
 
 def totals_for(engine: Engine, keys: Iterable[tuple[str, str, datetime]]) -> list[dict[str, Any]]:
@@ -108,35 +138,28 @@ def totals_for(engine: Engine, keys: Iterable[tuple[str, str, datetime]]) -> lis
     wanted = sorted(set(keys))
     with Session(engine) as session:
         usage = _usage_by_key(session, wanted)
-        subs = {
-            (s.organization_id, s.id): s
-            for s in session.scalars(
-                select(m.Subscription).where(
-                    tuple_(m.Subscription.organization_id, m.Subscription.id).in_(
-                        {(org, sub) for org, sub, _ in wanted}
+        subs = (
+            {
+                (s.organization_id, s.id): s
+                for s in session.scalars(
+                    select(m.Subscription).where(
+                        tuple_(m.Subscription.organization_id, m.Subscription.id).in_(
+                            {(org, sub) for org, sub, _ in wanted}
+                        )
                     )
                 )
-            )
-        }
-        plan_keys = {(s.organization_id, s.plan_code) for s in subs.values()}
-        plans = (
-            {
-                (p.organization_id, p.code): load_plan(p.spec)
-                for p in session.scalars(
-                    select(m.Plan).where(tuple_(m.Plan.organization_id, m.Plan.code).in_(plan_keys))
-                )
             }
-            if plan_keys
+            if wanted
             else {}
         )
+        histories = _histories(session, list(subs.values()))
         out = []
         for org, sub_id, ps in wanted:
             sub = subs.get((org, sub_id))
             if sub is None:
                 continue
-            plan = plans[(org, sub.plan_code)]
-            period = period_containing(sub.billing_anchor, plan.interval, ps, plan.interval_count)
-            out.append(_rated_period(sub, plan, period, usage[(org, sub_id, ps)]))
+            history = histories[(org, sub_id)]
+            out.append(_rated_period(sub, history, _period_of(sub, history, ps), usage[(org, sub_id, ps)]))
         return out
 
 

@@ -7,7 +7,8 @@ result is reproducible from its inputs. The pieces, in the order money flows:
     proration   the active share of a period, as an exact Fraction
     pricing     one function per ChargeModel (flat, per_unit, package, graduated, volume)
     engine      rate_charge / rate_plan: lines with stable line keys, min/max, totals
-    plan_change rate_segments / plan_change_adjustment: mid-period plan changes, prorated
+    plan_change rate_segments / plan_change_adjustment / plan_windows: mid-period plan changes,
+                prorated; advance_flat / unused_time_credit: flat fees billed in advance
     money       ISO 4217 exponents and the single half-up rounding to minor units
 
 Errors come from `schemas.errors`: InvalidPlan for a plan that slipped past validation,
@@ -24,7 +25,17 @@ from rating.engine import (
 )
 from rating.money import currency_exponent, format_minor, from_minor, to_minor
 from rating.periods import Period, period_containing, period_starting, periods_between
-from rating.plan_change import PlanSegment, WindowedKind, WindowedLine, plan_change_adjustment, rate_segments
+from rating.plan_change import (
+    PlanSegment,
+    WindowedKind,
+    WindowedLine,
+    advance_flat,
+    check_compatible,
+    plan_change_adjustment,
+    plan_windows,
+    rate_segments,
+    unused_time_credit,
+)
 from rating.pricing import PRICING, TierLine
 from rating.proration import proration_factor
 
@@ -38,6 +49,8 @@ __all__ = [
     "TierLine",
     "WindowedKind",
     "WindowedLine",
+    "advance_flat",
+    "check_compatible",
     "currency_exponent",
     "format_minor",
     "from_minor",
@@ -46,9 +59,11 @@ __all__ = [
     "period_starting",
     "periods_between",
     "plan_change_adjustment",
+    "plan_windows",
     "proration_factor",
     "rate_charge",
     "rate_plan",
     "rate_segments",
     "to_minor",
+    "unused_time_credit",
 ]

@@ -127,11 +127,14 @@ class WindowedLine:
             raise ValueError(f"line {self.line_key!r}: only credit lines may be negative ({self.exact_amount})")
 
 
-def rate_segments(period: Period, segments: Sequence[PlanSegment]) -> tuple[WindowedLine, ...]:
+def rate_segments(
+    period: Period, segments: Sequence[PlanSegment], *, paid_from: datetime | None = None
+) -> tuple[WindowedLine, ...]:
     """Price what `period` owes in arrears when its plan changed inside it.
 
     Each segment bills its usage under its own plan, and, when that plan bills in arrears, its
-    flat charges times the segment's share of the period. Flat charges of in-advance plans are
+    flat charges times the share of the period the segment covers from `paid_from` on (a trial
+    pays no flat fee; None: the whole segment). Flat charges of in-advance plans are
     left out: the period-start invoice billed them, and `plan_change_adjustment` settles each
     change. Lines come in segment order, then the plan's charge order, each true-up after its
     charge, every line carrying its segment as its service window.
@@ -145,7 +148,8 @@ def rate_segments(period: Period, segments: Sequence[PlanSegment]) -> tuple[Wind
     active_us = microseconds_between(segments[0].start, segments[-1].end)
     lines: list[WindowedLine] = []
     for segment in segments:
-        factor = proration_factor(period, segment.start, segment.end)
+        flat_from = segment.start if paid_from is None else max(segment.start, as_utc(paid_from, "paid_from"))
+        factor = proration_factor(period, flat_from, segment.end)
         commitment = Fraction(microseconds_between(segment.start, segment.end), active_us)
         quantities = {meter: parse_quantity(meter, value) for meter, value in segment.usage.items()}
         in_arrears = segment.plan.billing_timing is BillingTiming.IN_ARREARS
@@ -178,7 +182,7 @@ def plan_change_adjustment(period: Period, old: Plan, new: Plan, change_at: date
         InvalidPlan: `old` and `new` differ in currency or billing interval.
     """
     change_at = as_utc(change_at, "change_at")
-    _check_compatible(old, new)
+    check_compatible(old, new)
     if not period.start <= change_at <= period.end:
         raise InvalidInput(
             f"plan change at {change_at.isoformat()} is outside the period "
@@ -186,13 +190,78 @@ def plan_change_adjustment(period: Period, old: Plan, new: Plan, change_at: date
         )
     if change_at == period.end:
         return ()
-    window, remaining = (change_at, period.end), proration_factor(period, change_at, None)
     lines: list[WindowedLine] = []
     if old.billing_timing is BillingTiming.IN_ADVANCE:
-        lines.extend(_remaining_time(old, charge, window, remaining, credit=True) for charge in _flat_charges(old))
+        lines.extend(unused_time_credit(old, period, change_at, period.end))
     if new.billing_timing is BillingTiming.IN_ADVANCE:
-        lines.extend(_remaining_time(new, charge, window, remaining, credit=False) for charge in _flat_charges(new))
+        lines.extend(advance_flat(new, period, change_at, period.end))
     return tuple(lines)
+
+
+def advance_flat(plan: Plan, period: Period, start: datetime, end: datetime) -> tuple[WindowedLine, ...]:
+    """The flat charges of `plan` for `[start, end)` within `period`, billed before that time is used.
+
+    One FLAT line per flat charge, in charge order: its full-period amount (held within its
+    minimum and maximum) times the window's share of the period, rounded once. A window that
+    misses the period gives no lines.
+
+    Raises:
+        ValueError: `start` or `end` is naive.
+    """
+    return _remaining_lines(plan, period, start, end, credit=False)
+
+
+def unused_time_credit(plan: Plan, period: Period, start: datetime, end: datetime) -> tuple[WindowedLine, ...]:
+    """CREDIT lines giving back `plan`'s in-advance flat charges for `[start, end)` within `period`.
+
+    The exact negative of `advance_flat` for the same window: what was billed in advance for
+    time the subscription will not use (a plan change or a cancel). A window that misses the
+    period gives no lines.
+
+    Raises:
+        ValueError: `start` or `end` is naive.
+    """
+    return _remaining_lines(plan, period, start, end, credit=True)
+
+
+def plan_windows(
+    period: Period,
+    first: Plan,
+    changes: Sequence[tuple[datetime, Plan]],
+    *,
+    active_from: datetime | None = None,
+    active_until: datetime | None = None,
+) -> tuple[tuple[Plan, datetime, datetime], ...]:
+    """Which plan was in force when inside `period`: (plan, start, end) windows that tile it.
+
+    `first` is the plan the subscription started on and `changes` its plan changes as
+    (effective instant, new plan), in time order; the windows are clipped to the active window
+    `[active_from, active_until)` (None: unbounded). A change at or before the window's start
+    just picks the plan in force; a window that misses the period gives none.
+
+    Raises:
+        ValueError: an instant is naive.
+        InvalidInput: the changes are not in strictly increasing time order.
+    """
+    start = period.start if active_from is None else max(period.start, as_utc(active_from, "active_from"))
+    end = period.end if active_until is None else min(period.end, as_utc(active_until, "active_until"))
+    instants = [as_utc(at, "plan change") for at, _ in changes]
+    if any(later <= earlier for earlier, later in pairwise(instants)):
+        raise InvalidInput("plan changes must be in strictly increasing time order")
+    if end <= start:
+        return ()
+    current, cuts = first, []
+    for at, (_, plan) in zip(instants, changes, strict=True):
+        if at <= start:
+            current = plan
+        elif at < end:
+            cuts.append((at, plan))
+    windows: list[tuple[Plan, datetime, datetime]] = []
+    for at, plan in cuts:
+        windows.append((current, start, at))
+        current, start = plan, at
+    windows.append((current, start, end))
+    return tuple(windows)
 
 
 def _charge_lines(
@@ -225,10 +294,22 @@ def _charge_lines(
     return [line, true_up]
 
 
+def _remaining_lines(
+    plan: Plan, period: Period, start: datetime, end: datetime, *, credit: bool
+) -> tuple[WindowedLine, ...]:
+    """In-advance flat charges of `plan` for a window of `period`, or their credit."""
+    share = proration_factor(period, as_utc(start, "window start"), as_utc(end, "window end"))
+    if share == 0:
+        return ()
+    first = max(period.start, as_utc(start))
+    window = (first, min(period.end, as_utc(end)))
+    return tuple(_remaining_time(plan, charge, window, share, credit=credit) for charge in _flat_charges(plan))
+
+
 def _remaining_time(
     plan: Plan, charge: Charge, window: tuple[datetime, datetime], remaining: Fraction, *, credit: bool
 ) -> WindowedLine:
-    """An in-advance flat charge for the rest of the period after a change, or its credit."""
+    """An in-advance flat charge for a window of the period, or its credit."""
     full = _full_period_flat(charge)
     share = "" if remaining == 1 else f" × {remaining} of the period"
     detail = f"flat {fmt(fraction_to_decimal(full))}{share}"
@@ -238,7 +319,7 @@ def _remaining_time(
         return _line(
             plan, charge, WindowedKind.CREDIT, f"{key}:credit", window, quantity, -full * remaining, description
         )
-    description = f"{label}: remaining time on plan {plan.code}, {detail}"
+    description = f"{label}: time on plan {plan.code} billed in advance, {detail}"
     return _line(plan, charge, WindowedKind.FLAT, key, window, quantity, full * remaining, description)
 
 
@@ -275,7 +356,7 @@ def _check_segments(period: Period, segments: Sequence[PlanSegment]) -> None:
     if not segments:
         raise InvalidInput("rate_segments needs at least one plan segment")
     for before, after in pairwise(segments):
-        _check_compatible(before.plan, after.plan)
+        check_compatible(before.plan, after.plan)
         if after.start != before.end:
             problem = "leave a gap" if after.start > before.end else "overlap"
             raise InvalidInput(
@@ -290,7 +371,7 @@ def _check_segments(period: Period, segments: Sequence[PlanSegment]) -> None:
         )
 
 
-def _check_compatible(old: Plan, new: Plan) -> None:
+def check_compatible(old: Plan, new: Plan) -> None:
     """Plans that can share one period: the same currency and the same billing interval.
 
     A change of interval moves the period grid itself (Stripe resets the billing cycle), which

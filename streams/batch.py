@@ -35,6 +35,7 @@ class Contribution(NamedTuple):
     aggregation: Aggregation
     period_start: datetime
     period_end: datetime
+    segment_start: datetime  # the period's start, or the plan change that began this plan segment
     dedup_key: str
     value: Decimal
     time: datetime
@@ -100,6 +101,7 @@ def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contrib
         )
     out: list[Contribution] = []
     org, key, props, event_id = event.organization, event.dedup_key, event.properties, event.id
+    routes = [sub.route_at(when) for sub in active]
     values: dict[tuple[tuple[str, ...], bool], tuple[Decimal, str | None]] = {}  # meters sharing a property
     for meter in snapshot.meters_by_type.get((org, event.type), ()):
         if meter.filters and not _matches(meter, props):
@@ -112,11 +114,10 @@ def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contrib
                 values[slot] = _meter_value(meter, props)
             value, unique = values[slot]
         mkey = meter.key
-        for sub in active:
-            if mkey in sub.meter_keys:
-                period = sub.period_at(when)
+        for sub_id, meter_keys, start, end, segment in routes:
+            if mkey in meter_keys:
                 out.append(
-                    Contribution(org, sub.id, mkey, agg, period.start, period.end, key, value, when, event_id, unique)
+                    Contribution(org, sub_id, mkey, agg, start, end, segment, key, value, when, event_id, unique)
                 )
     return out
 

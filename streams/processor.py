@@ -25,7 +25,7 @@ from invoicing.db import make_engine, psycopg_connect_args
 from streams.batch import BatchPlan, DeadLetter, Record, plan_batch
 from streams.decode import Reason
 from streams.metrics import WorkerMetrics
-from streams.sink import BatchResult, write_batch
+from streams.sink import BatchResult, StaleSnapshot, write_batch
 from streams.snapshot import CatalogSnapshot, load_snapshot
 
 log = logging.getLogger("valora.worker")
@@ -210,6 +210,10 @@ class BatchProcessor:
                     plan=plan,
                     before_commit=self._produce_dead_letters,
                 )
+            except StaleSnapshot as exc:
+                log.info("batch planned on an older catalog (%s); planning it again", exc)
+                self.snapshot, plan = None, None  # write_batch plans on the reloaded snapshot
+                continue
             except (psycopg.OperationalError, psycopg.InterfaceError, OperationalError, DeliveryFailed) as exc:
                 self.metrics.batch_retries.inc()
                 log.warning("batch of %d records not committed (%s); retrying in %.1fs", len(records), exc, delay)

@@ -29,13 +29,14 @@ from typing import Any
 import msgspec
 import psycopg
 
+from invoicing.plan_changes import PLAN_CHANGE_LOCK
 from schemas.catalog import Aggregation
 from streams.batch import BatchPlan, Contribution, DeadLetter, Record, plan_batch
 from streams.snapshot import CatalogSnapshot
 
 _ENCODE_PROPS = msgspec.json.Encoder(decimal_format="number").encode
 
-TotalKey = tuple[str, str, str, datetime]
+TotalKey = tuple[str, str, str, datetime, datetime]  # organization, subscription, meter, period, segment
 
 
 @dataclass(slots=True)
@@ -66,11 +67,12 @@ class BatchResult:
         )
 
 
+_LATEST_TIME = "latest_time = GREATEST(t.latest_time, excluded.latest_time)"
 _UPDATE_BY_AGG = {
-    Aggregation.COUNT: "quantity = t.quantity + excluded.quantity",
-    Aggregation.SUM: "quantity = t.quantity + excluded.quantity",
-    Aggregation.UNIQUE_COUNT: "quantity = t.quantity + excluded.quantity",
-    Aggregation.MAX: "quantity = GREATEST(t.quantity, excluded.quantity)",
+    Aggregation.COUNT: f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
+    Aggregation.SUM: f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
+    Aggregation.UNIQUE_COUNT: f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
+    Aggregation.MAX: f"quantity = GREATEST(t.quantity, excluded.quantity), {_LATEST_TIME}",
     Aggregation.LATEST: """quantity = CASE WHEN t.latest_time IS NULL
             OR (excluded.latest_time, excluded.latest_event) > (t.latest_time, t.latest_event)
             THEN excluded.quantity ELSE t.quantity END,
@@ -94,6 +96,23 @@ def _lock_offsets(cur: psycopg.Cursor[Any], group: str, topic: str, partitions: 
         (group, topic, list(partitions)),
     )
     return {p: o for p, o in cur.fetchall()}
+
+
+class StaleSnapshot(Exception):
+    """A plan change committed after the batch's catalog snapshot was loaded: plan it again."""
+
+
+def _check_plan_version(cur: psycopg.Cursor[Any], snapshot: CatalogSnapshot) -> None:
+    """Refuse to count a batch routed without a plan change that is already committed.
+
+    The shared lock keeps a plan change (which takes it exclusively) from committing while
+    this batch is open, so every batch is routed either wholly before or wholly after it.
+    """
+    cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (PLAN_CHANGE_LOCK,))
+    cur.execute("SELECT coalesce(max(id), 0) FROM subscription_plan_changes")
+    row = cur.fetchone()
+    if row is not None and row[0] > snapshot.plan_version:
+        raise StaleSnapshot(f"plan changes up to #{row[0]}, snapshot has #{snapshot.plan_version}")
 
 
 def _insert_events(cur: psycopg.Cursor[Any], topic: str, plan: BatchPlan) -> set[tuple[str, str]]:
@@ -138,39 +157,50 @@ def _insert_events(cur: psycopg.Cursor[Any], topic: str, plan: BatchPlan) -> set
 
 def _insert_unique_values(cur: psycopg.Cursor[Any], contributions: list[Contribution]) -> dict[TotalKey, int]:
     """Insert distinct values; returns how many were new per total."""
-    rows = [(c.organization, c.subscription, c.meter, c.period_start, c.unique_value) for c in contributions]
+    rows = [
+        (c.organization, c.subscription, c.meter, c.period_start, c.segment_start, c.unique_value)
+        for c in contributions
+    ]
     if not rows:
         return {}
     cur.execute(
-        "INSERT INTO usage_unique_values (organization_id, subscription_id, meter_key, period_start, value) "
-        "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[]) "
-        "ON CONFLICT DO NOTHING RETURNING organization_id, subscription_id, meter_key, period_start",
+        "INSERT INTO usage_unique_values (organization_id, subscription_id, meter_key, period_start, segment_start, "
+        "value) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], "
+        "%b::text[]) ON CONFLICT DO NOTHING "
+        "RETURNING organization_id, subscription_id, meter_key, period_start, segment_start",
         [list(col) for col in zip(*rows, strict=True)],
     )
     fresh: dict[TotalKey, int] = defaultdict(int)
     for row in cur.fetchall():
-        fresh[(row[0], row[1], row[2], row[3])] += 1
+        fresh[(row[0], row[1], row[2], row[3], row[4])] += 1
     return fresh
 
 
 def _fold(contributions: list[Contribution], unique_fresh: dict[TotalKey, int]) -> dict[TotalKey, list[Any]]:
-    """Collapse contributions per total: [agg, period_end, quantity, count, latest_time, latest_event]."""
+    """Collapse contributions per total: [agg, period_end, quantity, count, latest_time, latest_event].
+
+    `latest_time` is the latest event time for every aggregation; the event id only for `latest`.
+    """
     folded: dict[TotalKey, list[Any]] = {}
     for c in contributions:
-        key = (c.organization, c.subscription, c.meter, c.period_start)
+        key = (c.organization, c.subscription, c.meter, c.period_start, c.segment_start)
         row = folded.get(key)
         if row is None:
             row = folded[key] = [c.aggregation, c.period_end, None, 0, None, None]
         row[3] += 1
         agg = c.aggregation
+        if agg is Aggregation.LATEST:
+            if row[4] is None or (c.time, c.event_id) > (row[4], row[5]):
+                row[2], row[4], row[5] = c.value, c.time, c.event_id
+            continue
+        if row[4] is None or c.time > row[4]:
+            row[4] = c.time
         if agg is Aggregation.UNIQUE_COUNT:
             row[2] = Decimal(unique_fresh.get(key, 0))
-        elif agg in (Aggregation.COUNT, Aggregation.SUM):
-            row[2] = c.value if row[2] is None else row[2] + c.value
         elif agg is Aggregation.MAX:
             row[2] = c.value if row[2] is None else max(row[2], c.value)
-        elif row[4] is None or (c.time, c.event_id) > (row[4], row[5]):
-            row[2], row[4], row[5] = c.value, c.time, c.event_id
+        else:  # count, sum
+            row[2] = c.value if row[2] is None else row[2] + c.value
     return folded
 
 
@@ -182,17 +212,17 @@ def _upsert_totals(cur: psycopg.Cursor[Any], folded: dict[TotalKey, list[Any]]) 
         by_agg[agg].append((*key, end, qty, count, ltime, levent))
     for agg, rows in by_agg.items():
         cur.execute(
-            "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, period_end, "
-            "quantity, event_count, latest_time, latest_event, closed) "
-            "SELECT o, s, m, ps, pe, q, n, lt, le, false FROM unnest(%b::text[], %b::text[], %b::text[], "
-            "%b::timestamptz[], %b::timestamptz[], %b::numeric[], %b::bigint[], %b::timestamptz[], %b::text[]) "
-            "AS u(o, s, m, ps, pe, q, n, lt, le) "
-            "ON CONFLICT (organization_id, subscription_id, meter_key, period_start) DO UPDATE SET "
+            "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, "
+            "segment_start, period_end, quantity, event_count, latest_time, latest_event, closed) "
+            "SELECT o, s, m, ps, ss, pe, q, n, lt, le, false FROM unnest(%b::text[], %b::text[], %b::text[], "
+            "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::numeric[], %b::bigint[], "
+            "%b::timestamptz[], %b::text[]) AS u(o, s, m, ps, ss, pe, q, n, lt, le) "
+            "ON CONFLICT (organization_id, subscription_id, meter_key, period_start, segment_start) DO UPDATE SET "
             f"{_UPDATE_BY_AGG[agg]}, event_count = t.event_count + excluded.event_count "
-            "WHERE NOT t.closed RETURNING organization_id, subscription_id, meter_key, period_start",
+            "WHERE NOT t.closed RETURNING organization_id, subscription_id, meter_key, period_start, segment_start",
             [list(col) for col in zip(*rows, strict=True)],
         )
-        applied.update((r[0], r[1], r[2], r[3]) for r in cur.fetchall())
+        applied.update((r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall())
     return applied
 
 
@@ -207,14 +237,15 @@ def _record_late(cur: psycopg.Cursor[Any], late: list[Contribution]) -> None:
             c.meter,
             c.period_start,
             c.period_end,
+            c.segment_start,
             Decimal(1) if c.aggregation is Aggregation.UNIQUE_COUNT else c.value,
         )
         for c in late
     ]
     cur.execute(
         "INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, period_end, "
-        "value) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], "
-        "%b::timestamptz[], %b::numeric[]) "
+        "segment_start, value) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], "
+        "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::numeric[]) "
         "ON CONFLICT DO NOTHING",
         [list(col) for col in zip(*rows, strict=True)],
     )
@@ -287,6 +318,7 @@ def write_batch(
     result = BatchResult()
     with conn.transaction(), conn.cursor() as cur:
         stored = _lock_offsets(cur, group, topic, sorted({r.partition for r in records}))
+        _check_plan_version(cur, snapshot)
         fresh = [r for r in records if r.offset >= stored.get(r.partition, 0)]
         result.replayed = len(records) - len(fresh)
         plan = _without_replays(plan, stored)
@@ -302,7 +334,11 @@ def write_batch(
         late = (
             []
             if len(applied) == len(folded)
-            else [c for c in new_contrib if (c.organization, c.subscription, c.meter, c.period_start) not in applied]
+            else [
+                c
+                for c in new_contrib
+                if (c.organization, c.subscription, c.meter, c.period_start, c.segment_start) not in applied
+            ]
         )
         _record_late(cur, late)
         _record_dead_letters(cur, topic, plan.dead_letters)

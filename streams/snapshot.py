@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from invoicing import models as m
 from rating.periods import Period, period_containing
 from schemas.catalog import Aggregation
-from schemas.plans import Interval, load_plan
+from schemas.plans import Interval, Plan, load_plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,11 @@ class MeterView:
     aggregation: Aggregation
     value_path: tuple[str, ...]
     filters: Mapping[str, frozenset[str]]
+
+
+Route = tuple[str, frozenset[str], datetime, datetime, datetime]
+"""Where an event at some instant counts for one subscription:
+(subscription id, meter keys of the plan in force, period start, period end, segment start)."""
 
 
 @dataclass(slots=True)
@@ -40,8 +45,11 @@ class SubscriptionView:
     anchor: datetime
     interval: Interval
     interval_count: int
-    meter_keys: frozenset[str]
+    meter_keys: frozenset[str]  # of the plan the subscription started on
+    # Plan changes in time order: (effective instant, meter keys of the new plan). Usually none.
+    changes: tuple[tuple[datetime, frozenset[str]], ...] = ()
     _last_period: Period | None = field(default=None, repr=False)
+    _last_route: Route | None = field(default=None, repr=False)
 
     def period_at(self, t: datetime) -> Period:
         """The billing period containing t; the last answer is cached (events cluster in time)."""
@@ -52,12 +60,34 @@ class SubscriptionView:
         self._last_period = period
         return period
 
+    def route_at(self, t: datetime) -> Route:
+        """The period and plan segment an event at t counts in, and the meters that plan bills.
+
+        A segment starts at the period's start, or at the plan change that began it when the
+        plan changed inside the period; usage is kept per segment so each part is rated under
+        the plan then in force.
+        """
+        last = self._last_route
+        if last is not None and not self.changes and last[2] <= t < last[3]:
+            return last
+        period = self.period_at(t)
+        segment, keys = period.start, self.meter_keys
+        for at, changed_keys in self.changes:
+            if at > t:
+                break
+            segment, keys = max(at, period.start), changed_keys
+        route = (self.id, keys, period.start, period.end, segment)
+        self._last_route = route
+        return route
+
 
 @dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
     organizations: frozenset[str]
     meters_by_type: Mapping[tuple[str, str], tuple[MeterView, ...]]
     subscriptions_by_customer: Mapping[tuple[str, str], tuple[SubscriptionView, ...]]
+    # The largest plan-change id the snapshot knows; the sink refuses a batch planned on an older one.
+    plan_version: int = 0
 
 
 def _filters(raw: Mapping[str, Any] | None) -> Mapping[str, frozenset[str]]:
@@ -86,6 +116,14 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
                 )
             )
         plans = {(p.organization_id, p.code): load_plan(p.spec) for p in session.scalars(select(m.Plan))}
+        changes: dict[tuple[str, str], list[tuple[datetime, frozenset[str]]]] = defaultdict(list)
+        plan_version = 0
+        for change in session.scalars(select(m.PlanChange).order_by(m.PlanChange.effective_at)):
+            plan = plans[(change.organization_id, change.to_plan)]
+            changes[(change.organization_id, change.subscription_id)].append(
+                (change.effective_at.astimezone(UTC), _meter_keys(plan))
+            )
+            plan_version = max(plan_version, change.id)
         subs: dict[tuple[str, str], list[SubscriptionView]] = defaultdict(list)
         for sub in session.scalars(select(m.Subscription).order_by(m.Subscription.start_at, m.Subscription.id)):
             plan = plans[(sub.organization_id, sub.plan_code)]
@@ -100,11 +138,17 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
                     anchor=sub.billing_anchor.astimezone(UTC),
                     interval=plan.interval,
                     interval_count=plan.interval_count,
-                    meter_keys=frozenset(ch.meter for ch in plan.charges if ch.meter),
+                    meter_keys=_meter_keys(plan),
+                    changes=tuple(changes.get((sub.organization_id, sub.id), ())),
                 )
             )
     return CatalogSnapshot(
         organizations=orgs,
         meters_by_type={k: tuple(v) for k, v in meters.items()},
         subscriptions_by_customer={k: tuple(v) for k, v in subs.items()},
+        plan_version=plan_version,
     )
+
+
+def _meter_keys(plan: Plan) -> frozenset[str]:
+    return frozenset(ch.meter for ch in plan.charges if ch.meter)

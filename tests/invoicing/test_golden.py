@@ -80,12 +80,13 @@ def _build(engine: Engine, url: str) -> str:
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
         for org, meter, qty in USAGE:
             conn.execute("INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, "
-                         "period_end, quantity, event_count, closed) VALUES (%s, 's1', %s, '2026-01-01Z', "
-                         "'2026-02-01Z', %s, 1, false)", (org, meter, qty))
+                         "segment_start, period_end, quantity, event_count, closed) VALUES (%s, 's1', %s, "
+                         "'2026-01-01Z', '2026-01-01Z', '2026-02-01Z', %s, 1, false)", (org, meter, qty))
     close_due(engine, as_of=CLOSES[0], grace=timedelta(hours=1), clock=lambda: CLOSES[0])
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, "
-                     "period_end, value) VALUES ('tiered', 'late-1', 's1', 'sms', '2026-01-01Z', '2026-02-01Z', 60)")
+                     "period_end, segment_start, value) VALUES ('tiered', 'late-1', 's1', 'sms', '2026-01-01Z', "
+                     "'2026-02-01Z', '2026-01-01Z', 60)")
     close_due(engine, as_of=CLOSES[1], grace=timedelta(hours=1), clock=lambda: CLOSES[1])
     return json.dumps({org: list_invoices(engine, org) for org in ORGS}, indent=1, sort_keys=False) + "\n"
 

@@ -49,8 +49,9 @@ def _seed(url: str, per_org: int) -> None:
             "next_period_start, next_close_at, close_attempts) SELECT organization_id, 's' || id, id, 'p', "
             "'2026-01-01Z', '2026-01-01Z', '2026-01-01Z', '2026-02-01Z', 0 FROM customers")
         conn.execute(
-            "INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, period_end, "
-            "quantity, event_count, closed) SELECT organization_id, id, 'calls', '2026-01-01Z', '2026-02-01Z', "
+            "INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, segment_start, "
+            "period_end, quantity, event_count, closed) SELECT organization_id, id, 'calls', '2026-01-01Z', "
+            "'2026-01-01Z', '2026-02-01Z', "
             "length(id) * 100, 1, false FROM subscriptions")
 
 

@@ -96,8 +96,9 @@ def _usage(engine: Engine, sub_id: str, period_start: datetime, period_end: date
     with engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, period_end, "
-                "quantity, event_count, closed) VALUES ('acme', :s, 'api_calls', :ps, :pe, :q, :q, false)"
+                "INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, segment_start, "
+                "period_end, quantity, event_count, closed) "
+                "VALUES ('acme', :s, 'api_calls', :ps, :ps, :pe, :q, :q, false)"
             ),
             {"s": sub_id, "ps": period_start, "pe": period_end, "q": calls},
         )

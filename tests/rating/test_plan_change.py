@@ -18,11 +18,14 @@ from rating import (
     RatedLine,
     WindowedKind,
     WindowedLine,
+    advance_flat,
     plan_change_adjustment,
+    plan_windows,
     proration_factor,
     rate_plan,
     rate_segments,
     to_minor,
+    unused_time_credit,
 )
 from schemas.errors import InvalidInput, InvalidPlan, InvalidUsage
 from schemas.plans import Plan, load_plan
@@ -70,7 +73,7 @@ def test_stripe_upgrade_halfway_through_a_30_day_month() -> None:
     assert (credit.plan, charge.plan) == ("basic", "premium")
     assert {(line.service_start, line.service_end) for line in lines} == {(utc(2026, 4, 16), APRIL.end)}
     assert credit.description == "Subscription: unused time on plan basic, flat 10 × 1/2 of the period, credited"
-    assert charge.description == "Subscription: remaining time on plan premium, flat 20 × 1/2 of the period"
+    assert charge.description == "Subscription: time on plan premium billed in advance, flat 20 × 1/2 of the period"
 
 
 def test_stripe_upgrade_at_the_midpoint_of_a_31_day_month_to_the_second() -> None:
@@ -148,7 +151,7 @@ def test_a_change_at_the_period_end_adjusts_nothing_and_at_the_start_swaps_whole
     assert summary(lines) == [("base@20260401T000000Z:credit", CREDIT, -1000), ("base@20260401T000000Z", FLAT, 2000)]
     assert [line.description for line in lines] == [
         "Subscription: unused time on plan basic, flat 10, credited",
-        "Subscription: remaining time on plan premium, flat 20",
+        "Subscription: time on plan premium billed in advance, flat 20",
     ]
 
 
@@ -457,3 +460,61 @@ def test_every_flat_charge_is_billed_exactly_once_whatever_the_timing(
     assert total == Fraction(old_amount) * first + Fraction(new_amount) * second
     keys = [line.line_key for line in (*adjustment, *in_arrears)]
     assert len(set(keys)) == len(keys)
+
+
+# --- plan_windows, advance_flat, unused_time_credit, paid_from --------------------------------------
+
+ARREARS_10 = make_plan("a10", flat(10), per_unit("0.01"))
+ARREARS_20 = make_plan("a20", flat(20), per_unit("0.02"))
+
+
+def test_plan_windows_split_the_active_part_of_the_period_at_each_change() -> None:
+    changes = [(utc(2026, 3, 20), ARREARS_20), (utc(2026, 4, 10), ARREARS_10), (utc(2026, 4, 20), ARREARS_20)]
+    windows = plan_windows(APRIL, ARREARS_10, changes, active_until=utc(2026, 4, 25))
+    assert [(p.code, s, e) for p, s, e in windows] == [
+        ("a20", APRIL.start, utc(2026, 4, 10)),  # the March change is in force when April starts
+        ("a10", utc(2026, 4, 10), utc(2026, 4, 20)),
+        ("a20", utc(2026, 4, 20), utc(2026, 4, 25)),
+    ]
+    assert [(p.code, s) for p, s, _ in plan_windows(APRIL, ARREARS_10, [])] == [("a10", APRIL.start)]
+    # A change at the active window's start, or after its end, makes no cut.
+    late_start = plan_windows(APRIL, ARREARS_10, [(utc(2026, 4, 5), ARREARS_20)], active_from=utc(2026, 4, 5))
+    assert [(p.code, s, e) for p, s, e in late_start] == [("a20", utc(2026, 4, 5), APRIL.end)]
+    assert plan_windows(APRIL, ARREARS_10, [], active_from=APRIL.end) == ()
+
+
+def test_plan_windows_refuse_changes_out_of_order() -> None:
+    with pytest.raises(InvalidInput, match="strictly increasing"):
+        plan_windows(APRIL, ARREARS_10, [(utc(2026, 4, 9), ARREARS_20), (utc(2026, 4, 9), ARREARS_10)])
+
+
+def test_advance_flat_and_its_credit_are_exact_negatives_for_any_window() -> None:
+    charged = advance_flat(BASIC, APRIL, utc(2026, 4, 11), utc(2026, 4, 21))  # 10 of 30 days
+    credited = unused_time_credit(BASIC, APRIL, utc(2026, 4, 11), utc(2026, 4, 21))
+    assert summary(charged) == [("base@20260411T000000Z", FLAT, 333)]
+    assert summary(credited) == [("base@20260411T000000Z:credit", CREDIT, -333)]
+    assert charged[0].exact_amount == -credited[0].exact_amount == Fraction(10, 3)
+    # Clipped to the period; a window outside it bills nothing.
+    whole = advance_flat(BASIC, APRIL, utc(2026, 3, 1), utc(2026, 6, 1))
+    assert [(line.service_start, line.service_end, line.amount_minor) for line in whole] == [
+        (APRIL.start, APRIL.end, 1000)
+    ]
+    assert advance_flat(BASIC, APRIL, MAY.start, MAY.end) == ()
+    assert unused_time_credit(BASIC, APRIL, utc(2026, 4, 30), utc(2026, 4, 2)) == ()
+
+
+def test_rate_segments_bill_no_flat_fee_before_paid_from() -> None:
+    segments = [
+        PlanSegment(ARREARS_10, APRIL.start, utc(2026, 4, 16), {"calls": D(100)}),
+        PlanSegment(ARREARS_20, utc(2026, 4, 16), APRIL.end, {"calls": D(100)}),
+    ]
+    # A trial until the 11th: the first plan's flat fee covers 5 of its 15 days.
+    lines = rate_segments(APRIL, segments, paid_from=utc(2026, 4, 11))
+    assert summary(lines) == [
+        ("base@20260401T000000Z", FLAT, 167),  # $10 × 5/30
+        ("api@20260401T000000Z", USAGE, 100),
+        ("base@20260416T000000Z", FLAT, 1000),  # $20 × 15/30
+        ("api@20260416T000000Z", USAGE, 200),
+    ]
+    fully_trial = rate_segments(APRIL, segments, paid_from=APRIL.end)
+    assert [line.amount_minor for line in fully_trial if line.kind is FLAT] == [0, 0]
