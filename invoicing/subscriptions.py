@@ -362,6 +362,22 @@ def _subscription_json(session: Session, sub: m.Subscription) -> dict[str, Any]:
             }
             for c in history
         ],
+        # "plan" is the plan the subscription started on; each change is in force from its effective_at.
+        "plan_changes": [
+            {
+                "effective_at": rfc3339(pc.effective_at),
+                "from": pc.from_plan,
+                "to": pc.to_plan,
+                "requested_at": rfc3339(pc.requested_at),
+                "reason": pc.reason,
+                "actor": pc.actor,
+            }
+            for pc in session.scalars(
+                select(m.PlanChange)
+                .where(m.PlanChange.organization_id == sub.organization_id, m.PlanChange.subscription_id == sub.id)
+                .order_by(m.PlanChange.effective_at)
+            )
+        ],
     }
 
 

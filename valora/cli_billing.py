@@ -88,6 +88,8 @@ def _subscription_text(sub: dict[str, Any]) -> str:
     ]
     for h in sub["status_history"]:
         lines.append(f"  {h['seq']:>3}  {h['at']}  {h['from'] or '-'} → {h['to']}  {h['actor']}: {h['reason']}")
+    for c in sub["plan_changes"]:
+        lines.append(f"  plan {c['from']} → {c['to']} from {c['effective_at']}  {c['actor']}: {c['reason']}")
     return "\n".join(lines)
 
 
@@ -97,6 +99,20 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
     engine = connect_engine(load_settings())
     if args.action == "show":
         sub = subs.get_subscription(engine, args.org, args.subscription)
+    elif args.action == "change-plan":
+        from invoicing.plan_changes import change_plan
+
+        now = now_utc()
+        sub = change_plan(
+            engine,
+            args.org,
+            args.subscription,
+            args.plan,
+            at=args.at or now,
+            now=now,
+            actor=args.actor or f"cli:{os.environ.get('USER') or 'unknown'}",
+            reason=args.reason or "requested by hand",
+        )
     else:
         if args.action == "revoke-cancel":
             command = subs.revoke_cancel
@@ -175,7 +191,9 @@ def add_billing_parsers(sub: Any) -> None:
         change.add_argument("--json", action="store_true", help="print the invoice as JSON")
         change.set_defaults(func=cmd_invoice_state)
 
-    subs = sub.add_parser("subscriptions", help="show a subscription, cancel it now or at period end, revoke a cancel")
+    subs = sub.add_parser(
+        "subscriptions", help="show a subscription, cancel it now or at period end, revoke a cancel, change its plan"
+    )
     subs_actions = subs.add_subparsers(dest="action", required=True)
     subs_show = subs_actions.add_parser("show", help="one subscription with its status history")
     subs_show.add_argument("org", metavar="ORG")
@@ -197,6 +215,21 @@ def add_billing_parsers(sub: Any) -> None:
         change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
         change.add_argument("--json", action="store_true", help="print the subscription as JSON")
         change.set_defaults(func=cmd_subscriptions)
+
+    plan_change = subs_actions.add_parser(
+        "change-plan",
+        help="bill under another plan from now (or --at) on: the period splits there, prorated to the second",
+    )
+    plan_change.add_argument("org", metavar="ORG")
+    plan_change.add_argument("subscription", metavar="SUB")
+    plan_change.add_argument("--plan", required=True, help="code of the plan to move to")
+    plan_change.add_argument(
+        "--at", type=parse_time, default=None, help="RFC 3339 instant it takes effect (default: now)"
+    )
+    plan_change.add_argument("--reason", help="recorded with the change")
+    plan_change.add_argument("--actor", help="who made the change (default: cli:$USER)")
+    plan_change.add_argument("--json", action="store_true", help="print the subscription as JSON")
+    plan_change.set_defaults(func=cmd_subscriptions)
 
     usage = sub.add_parser("usage", help="running totals of the current period, or late usage")
     usage.add_argument("--org", required=True)

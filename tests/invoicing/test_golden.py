@@ -2,7 +2,8 @@
 
 Representative cases: a hybrid plan (flat + usage with free units and a minimum),
 tiered usage (graduated with flat fees, volume, package) in JPY and BHD, a prorated
-start, and a late-usage adjustment on the next invoice. Each run builds them in two
+start, a late-usage adjustment on the next invoice, and a plan change mid-period from
+an in-arrears plan to an in-advance one. Each run builds them in two
 fresh databases through the real close and compares the JSON with each other and with
 tests/golden/invoices.json. Regenerate on purpose with `pytest --update-golden`.
 """
@@ -22,12 +23,13 @@ from sqlalchemy import Engine
 from invoicing.catalog import apply_catalog, parse_catalog
 from invoicing.close import close_due
 from invoicing.db import make_engine, upgrade
+from invoicing.plan_changes import change_plan
 from invoicing.queries import list_invoices
 
 pytestmark = pytest.mark.integration
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "invoices.json"
-ORGS = {"hybrid": "USD", "tiered": "JPY", "dinar": "BHD"}
+ORGS = {"hybrid": "USD", "tiered": "JPY", "dinar": "BHD", "switch": "USD"}
 
 CATALOG: dict[str, Any] = {
     "organizations": [{"id": org, "name": org.title(), "currency": cur, "payment_terms_days": 10}
@@ -51,6 +53,16 @@ CATALOG: dict[str, Any] = {
             {"key": "base", "model": "flat", "amount": "12.345"},
             {"key": "calls", "meter": "calls", "model": "per_unit", "unit_amount": "0.0015"},
         ]},
+        # A plan change mid-January from an in-arrears plan to one billed in advance.
+        {"organization": "switch", "code": "lite", "currency": "USD", "interval": "month", "charges": [
+            {"key": "base", "model": "flat", "amount": "20"},
+            {"key": "calls", "meter": "calls", "model": "per_unit", "unit_amount": "0.01"},
+        ]},
+        {"organization": "switch", "code": "plus", "currency": "USD", "interval": "month",
+         "billing_timing": "in_advance", "charges": [
+            {"key": "base", "model": "flat", "amount": "50"},
+            {"key": "calls", "meter": "calls", "model": "per_unit", "unit_amount": "0.005"},
+        ]},
     ],
     "customers": [{"organization": org, "id": "c1", "name": "First"} for org in ORGS],
     "subscriptions": [
@@ -59,10 +71,12 @@ CATALOG: dict[str, Any] = {
         # Starts on the 10th with a month-start anchor: January's flat fee is prorated 22/31.
         {"organization": "dinar", "id": "s1", "customer": "c1", "plan": "basic", "start": "2026-01-10T00:00:00Z",
          "billing_anchor": "2026-01-01T00:00:00Z"},
+        {"organization": "switch", "id": "s1", "customer": "c1", "plan": "lite", "start": "2026-01-01T00:00:00Z"},
     ],
 }
 USAGE = [("hybrid", "calls", "3500"), ("tiered", "gb", "12.5"), ("tiered", "seats", "12"),
-         ("tiered", "sms", "250"), ("dinar", "calls", "1234")]
+         ("tiered", "sms", "250"), ("dinar", "calls", "1234"), ("switch", "calls", "400")]
+SWITCH_AT = datetime(2026, 1, 15, 12, tzinfo=UTC)  # lite for 14.5 of January's 31 days, plus for 16.5
 CLOSES = [datetime(2026, 2, 1, 1, tzinfo=UTC), datetime(2026, 3, 1, 1, tzinfo=UTC)]
 
 
@@ -77,11 +91,15 @@ def engine(database_url: str) -> Iterator[Engine]:
 def _build(engine: Engine, url: str) -> str:
     """Catalog, January usage, the January close, late January usage, the February close."""
     apply_catalog(engine, parse_catalog(json.loads(json.dumps(CATALOG))))
+    change_plan(engine, "switch", "s1", "plus", at=SWITCH_AT, now=SWITCH_AT, actor="golden", reason="upgrade")
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
         for org, meter, qty in USAGE:
             conn.execute("INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, "
                          "segment_start, period_end, quantity, event_count, closed) VALUES (%s, 's1', %s, "
                          "'2026-01-01Z', '2026-01-01Z', '2026-02-01Z', %s, 1, false)", (org, meter, qty))
+        conn.execute("INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, "
+                     "segment_start, period_end, quantity, event_count, closed) VALUES ('switch', 's1', 'calls', "
+                     "'2026-01-01Z', %s, '2026-02-01Z', 600, 1, false)", (SWITCH_AT,))
     close_due(engine, as_of=CLOSES[0], grace=timedelta(hours=1), clock=lambda: CLOSES[0])
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, "
