@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
+from sqlalchemy.engine import make_url
 
 from bench.common import apply_synthetic_catalog
 from invoicing.db import psycopg_connect_args, recreate_database
@@ -149,7 +150,8 @@ def _freshness(
 
 def run_pipeline_bench(settings: Any, *, events: int) -> dict[str, Any]:
     bootstrap, server_url = services_for(settings)
-    db_url = recreate_database(server_url, "valora_bench")
+    # Named after the configured database, so benches pointed at different databases never share one.
+    db_url = recreate_database(server_url, f"{make_url(server_url).database or 'valora'}_bench")
     apply_synthetic_catalog(db_url, ORGS)
     topic = f"bench.events.{int(time.time())}"
     ensure_topics(bootstrap, {topic: PARTITIONS, f"{topic}.dlq": PARTITIONS})
