@@ -67,13 +67,20 @@ class BatchResult:
         )
 
 
+_LATEST, _COUNT, _SUM, _MAX, _UNIQUE = (
+    Aggregation.LATEST,
+    Aggregation.COUNT,
+    Aggregation.SUM,
+    Aggregation.MAX,
+    Aggregation.UNIQUE_COUNT,
+)
 _LATEST_TIME = "latest_time = GREATEST(t.latest_time, excluded.latest_time)"
-_UPDATE_BY_AGG = {
-    Aggregation.COUNT: f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
-    Aggregation.SUM: f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
-    Aggregation.UNIQUE_COUNT: f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
-    Aggregation.MAX: f"quantity = GREATEST(t.quantity, excluded.quantity), {_LATEST_TIME}",
-    Aggregation.LATEST: """quantity = CASE WHEN t.latest_time IS NULL
+# Aggregations whose totals update alike share one upsert statement.
+_UPSERT_GROUP = {_COUNT: "add", _SUM: "add", _UNIQUE: "add", _MAX: "max", _LATEST: "latest"}
+_UPDATE_BY_GROUP = {
+    "add": f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
+    "max": f"quantity = GREATEST(t.quantity, excluded.quantity), {_LATEST_TIME}",
+    "latest": """quantity = CASE WHEN t.latest_time IS NULL
             OR (excluded.latest_time, excluded.latest_event) > (t.latest_time, t.latest_event)
             THEN excluded.quantity ELSE t.quantity END,
         latest_time = GREATEST(t.latest_time, excluded.latest_time),
@@ -81,6 +88,7 @@ _UPDATE_BY_AGG = {
             OR (excluded.latest_time, excluded.latest_event) > (t.latest_time, t.latest_event)
             THEN excluded.latest_event ELSE t.latest_event END""",
 }
+_TOTAL_KEY = "organization_id, subscription_id, meter_key, period_start, segment_start"
 
 
 def _lock_offsets(cur: psycopg.Cursor[Any], group: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
@@ -115,20 +123,21 @@ def _check_plan_version(cur: psycopg.Cursor[Any], snapshot: CatalogSnapshot) -> 
         raise StaleSnapshot(f"plan changes up to #{row[0]}, snapshot has #{snapshot.plan_version}")
 
 
-def _insert_events(cur: psycopg.Cursor[Any], topic: str, plan: BatchPlan) -> set[tuple[str, str]]:
-    """Insert candidate events; returns the (organization, dedup key) pairs that were NOT new.
+def _insert_events(cur: psycopg.Cursor[Any], topic: str, plan: BatchPlan) -> dict[tuple[str, str], int]:
+    """Insert candidate events; returns the (organization, dedup key) pairs that were NOT new, with their partition.
 
-    Only conflicts come back (usually none, or the re-sent few), not every inserted key:
-    a row is ours exactly when its stored source topic/partition/offset is this record's.
+    Only conflicts come back (usually none, or the re-sent few), not every inserted key: the
+    INSERT returns the rows it wrote, and the candidates missing from them (told apart by
+    their source partition and offset) are the duplicates of earlier batches.
     """
     if not plan.events:
-        return set()
+        return {}
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS batch_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     with cur.copy(
         "COPY batch_events (organization_id, dedup_key, customer_id, event_type, event_time, properties, "
         "source_topic, source_partition, source_offset) FROM STDIN"
     ) as copy:
-        write = copy.write_row
+        write, encode = copy.write_row, _ENCODE_PROPS
         for ev, rec in plan.events:
             write(
                 (
@@ -137,22 +146,19 @@ def _insert_events(cur: psycopg.Cursor[Any], topic: str, plan: BatchPlan) -> set
                     ev.customer,
                     ev.type,
                     ev.time,
-                    _ENCODE_PROPS(ev.properties).decode(),
+                    encode(ev.properties).decode(),
                     topic,
                     rec.partition,
                     rec.offset,
                 )
             )
-    cur.execute("INSERT INTO events SELECT * FROM batch_events ON CONFLICT DO NOTHING")
-    if cur.rowcount == len(plan.events):
-        return set()
     cur.execute(
-        "SELECT b.organization_id, b.dedup_key FROM batch_events b JOIN events e "
-        "ON e.organization_id = b.organization_id AND e.dedup_key = b.dedup_key "
-        "WHERE (e.source_topic, e.source_partition, e.source_offset) "
-        "IS DISTINCT FROM (b.source_topic, b.source_partition, b.source_offset)"
+        "WITH new AS (INSERT INTO events SELECT * FROM batch_events ON CONFLICT DO NOTHING "
+        "RETURNING source_partition, source_offset) "
+        "SELECT b.organization_id, b.dedup_key, b.source_partition FROM batch_events b WHERE NOT EXISTS "
+        "(SELECT FROM new n WHERE n.source_partition = b.source_partition AND n.source_offset = b.source_offset)"
     )
-    return {(o, k) for o, k in cur.fetchall()}
+    return {(o, k): p for o, k, p in cur.fetchall()}
 
 
 def _insert_unique_values(cur: psycopg.Cursor[Any], contributions: list[Contribution]) -> dict[TotalKey, int]:
@@ -185,45 +191,65 @@ def _fold(contributions: list[Contribution], unique_fresh: dict[TotalKey, int]) 
     for c in contributions:
         key = (c.organization, c.subscription, c.meter, c.period_start, c.segment_start)
         row = folded.get(key)
-        if row is None:
-            row = folded[key] = [c.aggregation, c.period_end, None, 0, None, None]
-        row[3] += 1
         agg = c.aggregation
-        if agg is Aggregation.LATEST:
-            if row[4] is None or (c.time, c.event_id) > (row[4], row[5]):
+        if row is None:
+            folded[key] = [agg, c.period_end, c.value, 1, c.time, c.event_id if agg is _LATEST else None]
+            continue
+        row[3] += 1
+        if agg is _LATEST:
+            if (c.time, c.event_id) > (row[4], row[5]):
                 row[2], row[4], row[5] = c.value, c.time, c.event_id
             continue
-        if row[4] is None or c.time > row[4]:
+        if c.time > row[4]:
             row[4] = c.time
-        if agg is Aggregation.UNIQUE_COUNT:
+        if agg is _COUNT or agg is _SUM:
+            row[2] += c.value
+        elif agg is _MAX and c.value > row[2]:
+            row[2] = c.value
+    for key, row in folded.items():  # unique_count: the number of values new to the period
+        if row[0] is _UNIQUE:
             row[2] = Decimal(unique_fresh.get(key, 0))
-        elif agg is Aggregation.MAX:
-            row[2] = c.value if row[2] is None else max(row[2], c.value)
-        else:  # count, sum
-            row[2] = c.value if row[2] is None else row[2] + c.value
     return folded
 
 
 def _upsert_totals(cur: psycopg.Cursor[Any], folded: dict[TotalKey, list[Any]]) -> set[TotalKey]:
-    """Apply folded totals to open rows; returns the keys that were applied."""
-    applied: set[TotalKey] = set()
-    by_agg: dict[Aggregation, list[tuple[Any, ...]]] = defaultdict(list)
-    for key, (agg, end, qty, count, ltime, levent) in folded.items():
-        by_agg[agg].append((*key, end, qty, count, ltime, levent))
-    for agg, rows in by_agg.items():
+    """Apply folded totals to open rows; returns the keys that were NOT applied (their period is closed).
+
+    The totals go in with one COPY; each upsert returns the rows it changed, and the rows of
+    the batch missing from them are the refused ones (usually none).
+    """
+    if not folded:
+        return set()
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS batch_totals (organization_id text, subscription_id text, meter_key text, "
+        "period_start timestamptz, segment_start timestamptz, period_end timestamptz, upsert text, quantity numeric, "
+        "event_count bigint, latest_time timestamptz, latest_event text) ON COMMIT DELETE ROWS"
+    )
+    groups: set[str] = set()
+    with cur.copy("COPY batch_totals FROM STDIN") as copy:
+        write = copy.write_row
+        for key, (agg, end, qty, count, ltime, levent) in folded.items():
+            group = _UPSERT_GROUP[agg]
+            groups.add(group)
+            write((*key, end, group, qty, count, ltime, levent))
+    refused: set[TotalKey] = set()
+    for group in sorted(groups):
         cur.execute(
-            "INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, period_start, "
-            "segment_start, period_end, quantity, event_count, latest_time, latest_event, closed) "
-            "SELECT o, s, m, ps, ss, pe, q, n, lt, le, false FROM unnest(%b::text[], %b::text[], %b::text[], "
-            "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::numeric[], %b::bigint[], "
-            "%b::timestamptz[], %b::text[]) AS u(o, s, m, ps, ss, pe, q, n, lt, le) "
-            "ON CONFLICT (organization_id, subscription_id, meter_key, period_start, segment_start) DO UPDATE SET "
-            f"{_UPDATE_BY_AGG[agg]}, event_count = t.event_count + excluded.event_count "
-            "WHERE NOT t.closed RETURNING organization_id, subscription_id, meter_key, period_start, segment_start",
-            [list(col) for col in zip(*rows, strict=True)],
+            "WITH applied AS (INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, "
+            "period_start, segment_start, period_end, quantity, event_count, latest_time, latest_event, closed) "
+            "SELECT organization_id, subscription_id, meter_key, period_start, segment_start, period_end, quantity, "
+            "event_count, latest_time, latest_event, false FROM batch_totals WHERE upsert = %(group)s "
+            f"ON CONFLICT ({_TOTAL_KEY}) DO UPDATE SET "
+            f"{_UPDATE_BY_GROUP[group]}, event_count = t.event_count + excluded.event_count "
+            f"WHERE NOT t.closed RETURNING {_TOTAL_KEY}) "
+            f"SELECT {_TOTAL_KEY} FROM batch_totals b WHERE upsert = %(group)s AND NOT EXISTS "
+            "(SELECT FROM applied a WHERE a.organization_id = b.organization_id "
+            "AND a.subscription_id = b.subscription_id AND a.meter_key = b.meter_key "
+            "AND a.period_start = b.period_start AND a.segment_start = b.segment_start)",
+            {"group": group},
         )
-        applied.update((r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall())
-    return applied
+        refused.update((r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall())
+    return refused
 
 
 def _record_late(cur: psycopg.Cursor[Any], late: list[Contribution]) -> None:
@@ -321,7 +347,8 @@ def write_batch(
         _check_plan_version(cur, snapshot)
         fresh = [r for r in records if r.offset >= stored.get(r.partition, 0)]
         result.replayed = len(records) - len(fresh)
-        plan = _without_replays(plan, stored)
+        if result.replayed:
+            plan = _without_replays(plan, stored)
         old_keys = _insert_events(cur, topic, plan)
         counts = _partition_counts(fresh, plan, old_keys)
         if old_keys:
@@ -330,15 +357,15 @@ def write_batch(
             new_contrib = plan.contributions
         unique_fresh = _insert_unique_values(cur, [c for c in new_contrib if c.unique_value is not None])
         folded = _fold(new_contrib, unique_fresh)
-        applied = _upsert_totals(cur, folded)
+        refused = _upsert_totals(cur, folded)
         late = (
-            []
-            if len(applied) == len(folded)
-            else [
+            [
                 c
                 for c in new_contrib
-                if (c.organization, c.subscription, c.meter, c.period_start, c.segment_start) not in applied
+                if (c.organization, c.subscription, c.meter, c.period_start, c.segment_start) in refused
             ]
+            if refused
+            else []
         )
         _record_late(cur, late)
         _record_dead_letters(cur, topic, plan.dead_letters)
@@ -352,13 +379,16 @@ def write_batch(
     result.duplicates = len(fresh) - result.accepted - len(plan.dead_letters)
     result.dead_letters = plan.dead_letters
     result.late = len(late)
-    result.touched = {(k[0], k[1], k[3]) for k in applied}
+    result.touched = {(k[0], k[1], k[3]) for k in folded if k not in refused}
     return result
 
 
-def _partition_counts(fresh: Sequence[Record], plan: BatchPlan, old_keys: set[tuple[str, str]]) -> dict[int, list[int]]:
+def _partition_counts(
+    fresh: Sequence[Record], plan: BatchPlan, old_keys: dict[tuple[str, str], int]
+) -> dict[int, list[int]]:
     """Per partition: [received, accepted, duplicates, dead_lettered] for the conservation counters."""
     received = Counter(r.partition for r in fresh)
-    accepted = Counter(rec.partition for ev, rec in plan.events if (ev.organization, ev.dedup_key) not in old_keys)
+    accepted = Counter(rec.partition for _, rec in plan.events)
+    accepted.subtract(old_keys.values())
     dead = Counter(d.partition for d in plan.dead_letters)
     return {p: [n, accepted[p], n - accepted[p] - dead[p], dead[p]] for p, n in received.items()}
