@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from schemas.catalog import Aggregation
 from streams.decode import Reason, Rejection, UsageEvent, decode_record, read_path
-from streams.snapshot import CatalogSnapshot, MeterView
+from streams.snapshot import CatalogSnapshot, MeterView, Routing
 
 
 class Record(NamedTuple):
@@ -87,23 +87,53 @@ _COUNT, _UNIQUE = Aggregation.COUNT, Aggregation.UNIQUE_COUNT
 _ONE = Decimal(1)
 
 
-def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contribution]:
-    """Meter contributions of one event, or a Rejection when it cannot be counted."""
-    subs = snapshot.subscriptions_by_customer.get((event.organization, event.customer))
+_ROUTINGS_MAX = 100_000  # cached routings per snapshot; past it the cache starts over
+
+
+def _routing(snapshot: CatalogSnapshot, org: str, customer: str, event_type: str, when: datetime) -> Routing:
+    """Where an event of this organization, customer and type at `when` counts, and until when that holds.
+
+    Raises:
+        Rejection: the customer is unknown or has no subscription active at `when`.
+    """
+    subs = snapshot.subscriptions_by_customer.get((org, customer))
     if subs is None:
-        raise Rejection(Reason.UNKNOWN_CUSTOMER, f"customer {event.customer!r} is not in the catalog")
-    when = event.time
+        raise Rejection(Reason.UNKNOWN_CUSTOMER, f"customer {customer!r} is not in the catalog")
     active = [s for s in subs if s.start <= when and (s.end is None or when < s.end)]
     if not active:
         raise Rejection(
-            Reason.NO_ACTIVE_SUBSCRIPTION,
-            f"customer {event.customer!r} has no subscription active at {event.time.isoformat()}",
+            Reason.NO_ACTIVE_SUBSCRIPTION, f"customer {customer!r} has no subscription active at {when.isoformat()}"
         )
+    # It holds while no subscription starts or ends and every active one stays in its period and plan segment.
+    edges = [e for s in subs for e in (s.start, s.end) if e is not None]
+    spans = [s.span_at(when) for s in active]
+    valid_from = max([e for e in edges if e <= when] + [lo for lo, _ in spans])
+    valid_until = min([e for e in edges if e > when] + [hi for _, hi in spans])
+    routes = [s.route_at(when) for s in active]
+    routing = Routing(
+        valid_from,
+        valid_until,
+        tuple(
+            (meter, tuple((sub, start, end, segment) for sub, keys, start, end, segment in routes if meter.key in keys))
+            for meter in snapshot.meters_by_type.get((org, event_type), ())
+        ),
+    )
+    if len(snapshot.routings) >= _ROUTINGS_MAX:
+        snapshot.routings.clear()
+    snapshot.routings[(org, customer, event_type)] = routing
+    return routing
+
+
+def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contribution]:
+    """Meter contributions of one event, or a Rejection when it cannot be counted."""
+    org, when = event.organization, event.time
+    routing = snapshot.routings.get((org, event.customer, event.type))
+    if routing is None or not routing.valid_from <= when < routing.valid_until:
+        routing = _routing(snapshot, org, event.customer, event.type, when)
     out: list[Contribution] = []
-    org, key, props, event_id = event.organization, event.dedup_key, event.properties, event.id
-    routes = [sub.route_at(when) for sub in active]
+    key, props, event_id = event.dedup_key, event.properties, event.id
     values: dict[tuple[tuple[str, ...], bool], tuple[Decimal, str | None]] = {}  # meters sharing a property
-    for meter in snapshot.meters_by_type.get((org, event.type), ()):
+    for meter, targets in routing.meters:
         if meter.filters and not _matches(meter, props):
             continue
         agg = meter.aggregation
@@ -114,11 +144,8 @@ def _contributions(event: UsageEvent, snapshot: CatalogSnapshot) -> list[Contrib
                 values[slot] = _meter_value(meter, props)
             value, unique = values[slot]
         mkey = meter.key
-        for sub_id, meter_keys, start, end, segment in routes:
-            if mkey in meter_keys:
-                out.append(
-                    Contribution(org, sub_id, mkey, agg, start, end, segment, key, value, when, event_id, unique)
-                )
+        for sub, start, end, segment in targets:
+            out.append(Contribution(org, sub, mkey, agg, start, end, segment, key, value, when, event_id, unique))
     return out
 
 

@@ -80,6 +80,36 @@ class SubscriptionView:
         self._last_route = route
         return route
 
+    def span_at(self, t: datetime) -> tuple[datetime, datetime]:
+        """The window `[from, until)` around t over which `route_at` gives the same answer."""
+        period = self.period_at(t)
+        start, end = period.start, period.end
+        for at, _ in self.changes:
+            if at <= t:
+                start = max(start, at)
+            else:
+                end = min(end, at)
+                break
+        return start, end
+
+
+Target = tuple[str, datetime, datetime, datetime]  # (subscription, period start, period end, segment start)
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Where events of one (organization, customer, event type) count while `valid_from <= time < valid_until`.
+
+    Every meter of the event type, each with the active subscriptions whose plan in force
+    bills it and their current period and plan segment. Built by streams.batch on the first
+    such event and reused until an event's time leaves the window (a period or a plan segment
+    ends, a subscription starts or ends), so routing an event is one dictionary lookup.
+    """
+
+    valid_from: datetime
+    valid_until: datetime
+    meters: tuple[tuple[MeterView, tuple[Target, ...]], ...]
+
 
 @dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
@@ -88,6 +118,8 @@ class CatalogSnapshot:
     subscriptions_by_customer: Mapping[tuple[str, str], tuple[SubscriptionView, ...]]
     # The largest plan-change id the snapshot knows; the sink refuses a batch planned on an older one.
     plan_version: int = 0
+    # Filled by streams.batch as events arrive: (organization, customer, event type) -> Routing.
+    routings: dict[tuple[str, str, str], Routing] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _filters(raw: Mapping[str, Any] | None) -> Mapping[str, frozenset[str]]:
