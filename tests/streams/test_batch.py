@@ -144,3 +144,58 @@ def test_event_on_a_boundary_belongs_to_the_later_period() -> None:
     snap = _snapshot(_meter("calls", "api_request", Aggregation.COUNT))
     [c] = _plan(snap, _rec(0, _ev("a", time="2026-02-01T00:00:00Z"))).contributions
     assert c.period_start == datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def _sub(sub_id: str, start: str, end: str | None = None, **kw: Any) -> SubscriptionView:
+    return SubscriptionView(
+        "acme",
+        sub_id,
+        "cus_1",
+        datetime.fromisoformat(start),
+        None if end is None else datetime.fromisoformat(end),
+        datetime(2026, 1, 1, tzinfo=UTC),
+        Interval.MONTH,
+        1,
+        frozenset({"calls"}),
+        **kw,
+    )
+
+
+def test_routing_is_not_reused_outside_its_window() -> None:
+    # sub_1 ends on Jan 20 and sub_2 starts then; periods roll over on Feb 1. The events
+    # alternate so that each one leaves the window the previous one's routing was cached for.
+    snap = _snapshot(
+        _meter("calls", "api_request", Aggregation.COUNT),
+        subs=(
+            _sub("sub_1", "2026-01-01T00:00:00+00:00", "2026-01-20T00:00:00+00:00"),
+            _sub("sub_2", "2026-01-20T00:00:00+00:00"),
+        ),
+    )
+    times = [
+        "2026-01-19T23:59:59Z",
+        "2026-01-20T00:00:00Z",
+        "2026-01-19T00:00:00Z",
+        "2026-02-01T00:00:00Z",
+        "2026-01-31T23:59:59Z",
+        "2026-02-03T00:00:00Z",
+    ]
+    plan = _plan(snap, *(_rec(i, _ev(f"e{i}", time=t)) for i, t in enumerate(times)))
+    assert [(c.subscription, c.period_start.month) for c in plan.contributions] == [
+        ("sub_1", 1),
+        ("sub_2", 1),
+        ("sub_1", 1),
+        ("sub_2", 2),
+        ("sub_2", 1),
+        ("sub_2", 2),
+    ]
+
+
+def test_routing_follows_plan_segments() -> None:
+    # A change on Jan 25 to a plan without the `calls` meter, and back on Jan 28.
+    change, back = datetime(2026, 1, 25, tzinfo=UTC), datetime(2026, 1, 28, tzinfo=UTC)
+    sub = _sub("sub_1", "2026-01-01T00:00:00+00:00", changes=((change, frozenset()), (back, frozenset({"calls"}))))
+    snap = _snapshot(_meter("calls", "api_request", Aggregation.COUNT), subs=(sub,))
+    times = ["2026-01-24T00:00:00Z", "2026-01-26T00:00:00Z", "2026-01-29T00:00:00Z", "2026-01-20T00:00:00Z"]
+    plan = _plan(snap, *(_rec(i, _ev(f"e{i}", time=t)) for i, t in enumerate(times)))
+    assert [(c.dedup_key, c.segment_start.day) for c in plan.contributions] == [("e0", 1), ("e2", 28), ("e3", 1)]
+    assert len(plan.events) == 4 and plan.dead_letters == []
