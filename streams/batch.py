@@ -59,6 +59,8 @@ class BatchPlan:
     contributions: list[Contribution] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     in_batch_duplicates: int = 0
+    # `events` as COPY rows, when streams.sink.render_events has rendered them ahead of the transaction.
+    event_rows: bytes | None = None
 
 
 def _numeric(value: Any) -> Decimal | None:

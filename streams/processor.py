@@ -25,7 +25,7 @@ from invoicing.db import make_engine, psycopg_connect_args
 from streams.batch import BatchPlan, DeadLetter, Record, plan_batch
 from streams.decode import Reason
 from streams.metrics import WorkerMetrics
-from streams.sink import BatchResult, StaleSnapshot, write_batch
+from streams.sink import BatchResult, StaleSnapshot, render_events, write_batch
 from streams.snapshot import CatalogSnapshot, load_snapshot
 
 log = logging.getLogger("valora.worker")
@@ -138,7 +138,7 @@ class BatchProcessor:
             raise DeliveryFailed("dead letters were not delivered to the DLQ topic")
 
     def plan(self, records: list[Record]) -> BatchPlan:
-        """Decode and route a batch (CPU only); runs while the previous batch commits.
+        """Decode, route and render a batch (CPU only); runs while the previous batch commits.
 
         Rejections that depend on the catalog (unknown organization or customer, no active
         subscription) may only mean the snapshot predates a `catalog apply`: the batch is
@@ -153,6 +153,7 @@ class BatchProcessor:
             plan = plan_batch(
                 records, self._loaded_snapshot(), now=self.clock(), future_tolerance=self.cfg.future_tolerance
             )
+        plan.event_rows = render_events(plan, self.cfg.events_topic)
         return plan
 
     def _loaded_snapshot(self) -> CatalogSnapshot:
