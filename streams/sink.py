@@ -4,12 +4,14 @@ Steps, all in the same transaction:
 
 1. Lock the batch's partitions in `consumer_offsets` and drop every record below
    the stored next offset (a replay after a crash or rebalance: already counted).
-2. Plan the rest (decode, route, in-batch dedup).
+2. Plan the rest (decode, route, in-batch dedup), unless the worker planned the
+   batch, and rendered its `COPY` rows, while the previous one committed.
 3. COPY the candidate events into a temp table and insert them into `events`
-   under its primary key; the keys that come back are the genuinely new events.
+   under its primary key; the keys that come back are the duplicates of earlier
+   batches (candidates the insert did not return).
 4. Fold only the new events' contributions into `usage_totals` (rows whose
-   period is already closed refuse the update, and those contributions become
-   late usage instead), and record dead letters.
+   period is already closed refuse the update and come back, and those
+   contributions become late usage instead), and record dead letters.
 5. Advance the stored offsets and the conservation counters.
 
 A crash anywhere before COMMIT leaves nothing behind; after it, the offsets
