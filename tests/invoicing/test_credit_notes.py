@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -46,7 +45,7 @@ from invoicing.queries import list_invoices
 from invoicing.subscription_jobs import mark_overdue, reactivate_paid
 from invoicing.subscriptions import get_subscription
 from schemas.errors import InvalidInput
-from tests.helpers import ISSUE_CATALOG
+from tests.helpers import ISSUE_CATALOG, race
 from tests.invoicing.conftest import CLOSE_AT
 from tests.invoicing.test_commands import insert_draft
 
@@ -283,27 +282,6 @@ def test_the_database_refuses_a_line_credited_past_its_amount(engine: Engine, in
 # --- races --------------------------------------------------------------------------------------------
 
 
-def _race(calls: list[Callable[[], object]]) -> list[object]:
-    """Run the calls in threads released together; each result or exception, in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list[object] = [RuntimeError("did not run")] * len(calls)
-
-    def run(i: int, call: Callable[[], object]) -> None:
-        barrier.wait()
-        try:
-            results[i] = call()
-        except Exception as exc:  # the loser's error is the result under test
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    return results
-
-
 @pytest.mark.parametrize(
     "request_",
     [CreditAmount(Decimal("12.00")), CreditLines(("base",)), CreditAll()],
@@ -313,7 +291,7 @@ def _race(calls: list[Callable[[], object]]) -> list[object]:
 def test_racing_credit_notes_never_over_credit(
     engine: Engine, invoice_id: str, request_: CreditRequest, round_: int
 ) -> None:
-    results = _race([lambda: credit(engine, invoice_id, request_) for _ in range(4)])
+    results = race([lambda: credit(engine, invoice_id, request_) for _ in range(4)])
 
     winners = [r for r in results if isinstance(r, dict)]
     assert len(winners) == 1, results
@@ -324,7 +302,7 @@ def test_racing_credit_notes_never_over_credit(
 
 
 def test_racing_small_credits_all_fit_and_number_gaplessly(engine: Engine, invoice_id: str) -> None:
-    results = _race([lambda: credit(engine, invoice_id, CreditAmount(Decimal("1.00"))) for _ in range(6)])
+    results = race([lambda: credit(engine, invoice_id, CreditAmount(Decimal("1.00"))) for _ in range(6)])
 
     assert all(isinstance(r, dict) for r in results), results
     numbers = sorted(r["number"] for r in results if isinstance(r, dict))
@@ -334,7 +312,7 @@ def test_racing_small_credits_all_fit_and_number_gaplessly(engine: Engine, invoi
 
 @pytest.mark.parametrize("round_", range(3))
 def test_a_credit_note_and_a_void_racing_never_both_land(engine: Engine, invoice_id: str, round_: int) -> None:
-    results = _race(
+    results = race(
         [
             lambda: credit(engine, invoice_id, CreditAmount(Decimal("1.00"))),
             lambda: void_invoice(engine, invoice_id, now=NOW, actor="a", reason="duplicate"),
