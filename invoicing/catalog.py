@@ -205,6 +205,36 @@ def _upsert(session: Session, table: type[m.Base], rows: Sequence[dict[str, Any]
     session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates))
 
 
+def _check_plan_moves(cat: ParsedCatalog, session: Session) -> None:
+    """Refuse to re-plan a subscription whose history is billed or already has plan changes.
+
+    The catalog's `plan` is the plan a subscription starts on; changing it after an invoice
+    would re-price the past. Before any invoice it may still be corrected.
+    """
+    wanted = {(s.organization, s.id): s.plan for s in cat.subscriptions}
+    if not wanted:
+        return
+    sub = m.Subscription
+    stored = session.execute(
+        select(sub.organization_id, sub.id, sub.plan_code).where(tuple_(sub.organization_id, sub.id).in_(wanted))
+    ).all()
+    moved = sorted((org, sid, code) for org, sid, code in stored if wanted[(org, sid)] != code)
+    for org, sid, code in moved:
+        invoiced = session.scalar(
+            select(m.Invoice.id).where(m.Invoice.organization_id == org, m.Invoice.subscription_id == sid).limit(1)
+        )
+        changed = session.scalar(
+            select(m.PlanChange.id)
+            .where(m.PlanChange.organization_id == org, m.PlanChange.subscription_id == sid)
+            .limit(1)
+        )
+        if invoiced is not None or changed is not None:
+            raise InvalidCatalog(
+                f"subscription {org}/{sid!r}: it started on plan {code!r} and is already billed or re-planned; "
+                f"change plans with `valora subscriptions change-plan {org} {sid} --plan {wanted[(org, sid)]}`"
+            )
+
+
 def _default_prefix(org_id: str) -> str:
     letters = "".join(ch for ch in org_id.upper() if ch.isalnum())
     return letters[:12] or "INV"
@@ -219,6 +249,7 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
     """
     with Session(engine) as session, session.begin():
         _check_references(cat, session)
+        _check_plan_moves(cat, session)
         _upsert(
             session,
             m.Organization,

@@ -13,8 +13,9 @@ that period is due). A period is due once `next_close_at <= cutoff`, where
 3. rates each period with `invoicing.period_rating.period_lines` (`rating.rate_plan`, or
    per plan segment when the plan changed inside the period, plus in-advance flat fees and
    their credits; an in-advance subscription's opening invoice first bills its first
-   period ahead), adds adjustment lines for late usage of earlier periods, and writes the invoices with the next gapless numbers (or, for an
-   organization with a `draft_grace_s`, as unnumbered drafts the scheduler issues later);
+   period ahead), adds adjustment lines for late usage of earlier periods, and writes
+   the invoices with the next gapless numbers (or, for an organization with a
+   `draft_grace_s`, as unnumbered drafts the scheduler issues later);
 4. advances each cursor by one period and, when no period is left, applies the
    lifecycle's `period_end_reached` (canceled, or cancel scheduled → ended).
 

@@ -22,6 +22,11 @@ never sees it again (every move also clears `issue_after`; a CHECK allows it on 
 Hand issues lock the invoice before taking a number and the job claims with `SKIP LOCKED`,
 so the two can run in parallel: each draft is issued once and numbering stays gapless.
 
+A void is refused once the invoice has a credit note (`InvoiceHasCreditNotes`): the credit
+already corrected part of it, and a void on top would correct that part twice. The void locks
+the invoice's row before it looks, as `invoicing.credit_notes.credit_invoice` does before it
+credits, so a racing credit note and void cannot both commit.
+
 The clock is injected (`now`), never read here.
 
 Errors:
@@ -30,6 +35,7 @@ Errors:
     ├── InvalidInput (ValueError)                 code "invalid_input"  (a `now` without a timezone)
     ├── IllegalTransition (invoicing.lifecycle)   code "illegal_transition"
     ├── ConcurrentUpdate                          code "concurrent_update"
+    ├── InvoiceHasCreditNotes                     code "invoice_has_credit_notes"
     └── InvoiceNotFound (LookupError)             code "invoice_not_found"
 """
 
@@ -45,7 +51,7 @@ from sqlalchemy.orm import Session
 from invoicing import models as m
 from invoicing.lifecycle import InvoiceAction, InvoiceStatus, advance_invoice, require_aware
 from invoicing.numbering import format_number, reserve_numbers
-from invoicing.queries import invoice_json
+from invoicing.queries import credit_notes_of, invoice_json
 from schemas.errors import ValoraError
 
 DRAFT_GRACE_OVER = "draft grace period over"
@@ -61,6 +67,12 @@ class ConcurrentUpdate(ValoraError):
     """Another writer changed the invoice's status after we read it; nothing was written."""
 
     code = "concurrent_update"
+
+
+class InvoiceHasCreditNotes(ValoraError):
+    """The invoice has credit notes, so it cannot be voided (that would correct it twice); nothing was written."""
+
+    code = "invoice_has_credit_notes"
 
 
 def issue_invoice(engine: Engine, invoice_id: str, *, now: datetime, actor: str, reason: str) -> dict[str, Any]:
@@ -164,6 +176,7 @@ def void_invoice(engine: Engine, invoice_id: str, *, now: datetime, actor: str, 
     Raises:
         InvoiceNotFound: unknown id.
         IllegalTransition: the invoice is paid or already void.
+        InvoiceHasCreditNotes: a credit note was issued against it.
         ConcurrentUpdate: another writer moved it first.
         InvalidInput: `now` has no timezone.
     """
@@ -241,6 +254,9 @@ def _apply(
         if action is InvoiceAction.ISSUE:
             _lock_unchanged(session, invoice_id, current, action)
             values |= _issue_values(session, inv.organization_id, now)
+        elif action is InvoiceAction.VOID:
+            _lock_unchanged(session, invoice_id, current, action)  # credit notes are written under this lock
+            _refuse_if_credited(session, invoice_id)
         moved = session.execute(
             update(m.Invoice)
             .where(m.Invoice.id == invoice_id, m.Invoice.status == current.value)
@@ -276,6 +292,22 @@ def _lock_unchanged(session: Session, invoice_id: str, current: InvoiceStatus, a
     ).scalar_one_or_none()
     if locked is None:
         raise _lost_race(invoice_id, current, action)
+
+
+def _refuse_if_credited(session: Session, invoice_id: str) -> None:
+    """Raises InvoiceHasCreditNotes when a credit note was issued against the invoice."""
+    numbers = list(
+        session.scalars(
+            select(m.CreditNote.number)
+            .where(m.CreditNote.invoice_id == invoice_id)
+            .order_by(m.CreditNote.credited_before_minor)
+        )
+    )
+    if numbers:
+        raise InvoiceHasCreditNotes(
+            f"invoice {invoice_id} has credit notes ({', '.join(numbers)}): cannot void; "
+            "a void would correct what they already corrected"
+        )
 
 
 def _issue_values(session: Session, organization_id: str, now: datetime) -> dict[str, Any]:
@@ -344,4 +376,4 @@ def _invoice_json(session: Session, invoice_id: str) -> dict[str, Any]:
             .execution_options(populate_existing=True)
         )
     )
-    return invoice_json(inv, lines, history)
+    return invoice_json(inv, lines, history, credit_notes_of(session, [invoice_id])[invoice_id])

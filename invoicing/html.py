@@ -1,10 +1,10 @@
-"""An invoice as a standalone HTML page, the kind a person sends to a customer.
+"""An invoice or a credit note as a standalone HTML page, the kind a person sends to a customer.
 
 Pure: it renders the public invoice JSON (`invoicing.queries.invoice_json` /
-`invoicing.commands.get_invoice`) and reads nothing else, so the page always shows
-exactly what the JSON says. Amounts are the stored integer minor units formatted with
-the currency's ISO 4217 exponent (`rating.money.format_minor`); nothing is re-rated or
-re-rounded here.
+`invoicing.commands.get_invoice`) or credit note JSON (`invoicing.credit_notes.get_credit_note`)
+and reads nothing else, so the page always shows exactly what the JSON says. Amounts are
+the stored integer minor units formatted with the currency's ISO 4217 exponent
+(`rating.money.format_minor`); nothing is re-rated or re-rounded here.
 
 The markup is polyglot HTML5/XHTML: every element closed, every attribute quoted,
 only XML's predefined entities and numeric references, the XHTML namespace on <html>.
@@ -81,13 +81,72 @@ def render_invoice_html(invoice: dict[str, Any], *, organization_name: str, cust
         InvalidInput: the invoice's currency is not an ISO 4217 code.
     """
     number = invoice["number"] or "Draft"
-    title = f"Invoice {number} from {organization_name}"
     body = [
         _header(invoice, number, organization_name),
         _parties(invoice, organization_name, customer_name),
         _lines_table(invoice),
         _footer(invoice, organization_name),
     ]
+    return _page(f"Invoice {number} from {organization_name}", body)
+
+
+def render_credit_note_html(credit_note: dict[str, Any], *, organization_name: str, customer_name: str) -> str:
+    """A complete HTML5 page for one credit note in its public JSON shape.
+
+    Amounts are the positive minor units the JSON holds, under headings that say they are
+    credited (taken off the invoice).
+
+    Raises:
+        KeyError: `credit_note` lacks a field of the public shape.
+        InvalidInput: the credit note's currency is not an ISO 4217 code.
+    """
+    footer = (
+        f"<footer>\n<p>Credit note {_esc(credit_note['id'])} · amounts in {_esc(credit_note['currency'])}.</p>\n"
+        f"<p>Questions about this credit note? Contact {_esc(organization_name)}.</p>\n</footer>"
+    )
+    body = [
+        _credit_note_header(credit_note, organization_name),
+        _parties(credit_note, organization_name, customer_name, "Credit to"),
+        _credit_note_table(credit_note),
+        footer,
+    ]
+    return _page(f"Credit note {credit_note['number']} from {organization_name}", body)
+
+
+def _credit_note_header(credit_note: dict[str, Any], organization_name: str) -> str:
+    facts = [  # (label, markup); every value is escaped here
+        ("Issued", _esc(_date(credit_note["issued_at"]))),
+        ("Credits invoice", f'<span id="invoice-number">{_esc(credit_note["invoice_number"])}</span>'),
+        ("Reason", f'<span id="reason">{_esc(credit_note["reason"])}</span>'),
+    ]
+    if credit_note["after_payment"]:
+        facts.append(("After payment", _esc("the invoice was paid: this amount is owed back to the customer")))
+    rows = "".join(f"<dt>{_esc(label)}</dt><dd>{markup}</dd>" for label, markup in facts)
+    return (
+        f'<header>\n<div>\n<div class="seller">{_esc(organization_name)}</div>\n'
+        f'<h1>Credit note <span id="credit-note-number">{_esc(credit_note["number"])}</span></h1>\n</div>\n'
+        f'<dl class="facts">{rows}</dl>\n</header>'
+    )
+
+
+def _credit_note_table(credit_note: dict[str, Any]) -> str:
+    currency = str(credit_note["currency"])
+    rows = "\n".join(
+        f'<tr class="line" data-line-key="{_esc(line["line_key"] or "")}">'
+        f'<td class="description">{_esc(line["description"])}</td>'
+        f'<td class="num">{_money(line["amount_minor"], currency)}</td></tr>'
+        for line in credit_note["lines"]
+    )
+    return (
+        '<table class="lines">\n<thead><tr><th>Credited</th><th class="num">Amount</th></tr></thead>\n'
+        f"<tbody>\n{rows}\n</tbody>\n<tfoot>\n"
+        '<tr class="total" id="total"><td class="num">Total credited</td>'
+        f'<td class="num">{_money(credit_note["total_minor"], currency)}</td></tr>\n</tfoot>\n</table>'
+    )
+
+
+def _page(title: str, body: list[str]) -> str:
+    """The standalone document around the page's sections (see the module docstring)."""
     return (
         "<!DOCTYPE html>\n"
         '<html xmlns="http://www.w3.org/1999/xhtml" lang="en" xml:lang="en">\n'
@@ -124,12 +183,14 @@ def _header(invoice: dict[str, Any], number: str, organization_name: str) -> str
     )
 
 
-def _parties(invoice: dict[str, Any], organization_name: str, customer_name: str) -> str:
+def _parties(document: dict[str, Any], organization_name: str, customer_name: str, to: str = "Bill to") -> str:
+    """From and to; `document` is an invoice or a credit note (both name the customer and subscription)."""
     return (
         '<section class="parties">\n'
         f"<div><h2>From</h2><div>{_esc(organization_name)}</div></div>\n"
-        f"<div><h2>Bill to</h2><div>{_esc(customer_name)}</div>"
-        f'<div class="muted">Customer {_esc(invoice["customer"])} · subscription {_esc(invoice["subscription"])}</div>'
+        f"<div><h2>{_esc(to)}</h2><div>{_esc(customer_name)}</div>"
+        f'<div class="muted">Customer {_esc(document["customer"])} · '
+        f"subscription {_esc(document['subscription'])}</div>"
         "</div>\n</section>"
     )
 
@@ -151,8 +212,23 @@ def _lines_table(invoice: dict[str, Any]) -> str:
         + _sum_row("Subtotal", "subtotal", invoice["subtotal_minor"], currency)
         + "\n"
         + _sum_row("Total", "total", invoice["total_minor"], currency)
+        + "".join("\n" + row for row in _credit_rows(invoice, currency))
         + "\n</tfoot>\n</table>"
     )
+
+
+def _credit_rows(invoice: dict[str, Any], currency: str) -> list[str]:
+    """One row per credit note (taken off, so shown negative) and the amount due after them, if any."""
+    notes = invoice.get("credit_notes") or []
+    if not notes:
+        return []
+    rows = [
+        f'<tr class="credit-note" data-number="{_esc(n["number"])}"><td colspan="4" class="num">'
+        f"Credit note {_esc(n['number'])}{' (after payment)' if n['after_payment'] else ''}</td>"
+        f'<td class="num">{_money(-int(n["total_minor"]), currency)}</td></tr>'
+        for n in notes
+    ]
+    return [*rows, _sum_row("Amount due", "amount-due", invoice["amount_due_minor"], currency)]
 
 
 def _line_row(line: dict[str, Any], currency: str) -> str:
@@ -197,9 +273,12 @@ def _sum_row(label: str, ident: str, amount_minor: int, currency: str) -> str:
 def _footer(invoice: dict[str, Any], organization_name: str) -> str:
     due = _date(invoice["due_at"])
     parts = [f"Invoice {_esc(invoice['id'])} · amounts in {_esc(invoice['currency'])}."]
-    if due and invoice["status"] == "issued":
-        total = format_minor(int(invoice["total_minor"]), str(invoice["currency"]))
+    owed = int(invoice.get("amount_due_minor", invoice["total_minor"]))
+    if due and invoice["status"] == "issued" and owed > 0:
+        total = format_minor(owed, str(invoice["currency"]))
         parts.append(f"Please pay {_esc(total)} {_esc(invoice['currency'])} by {_esc(due)}.")
+    elif invoice["status"] == "issued" and invoice.get("credit_notes") and owed <= 0:
+        parts.append("Nothing is owed: credit notes cover this invoice in full.")
     parts.append(f"Questions about this invoice? Contact {_esc(organization_name)}.")
     return "<footer>\n" + "\n".join(f"<p>{p}</p>" for p in parts) + "\n</footer>"
 

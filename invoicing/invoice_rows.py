@@ -41,22 +41,16 @@ class BilledLine:
     @classmethod
     def from_rated(cls, line: RatedLine, period: Period) -> BilledLine:
         """A line of `rating.rate_plan`, whose service window is the whole period."""
-        return cls(
-            line.line_key,
-            line.charge,
-            line.kind.value,
-            line.quantity,
-            line.amount,
-            line.amount_minor,
-            line.description,
-            period.start,
-            period.end,
-            _tier_details(line.tiers),
-        )
+        return cls._priced(line, period.start, period.end)
 
     @classmethod
     def from_windowed(cls, line: WindowedLine) -> BilledLine:
         """A line of the plan-change and in-advance functions, with its own service window."""
+        return cls._priced(line, line.service_start, line.service_end)
+
+    @classmethod
+    def _priced(cls, line: RatedLine | WindowedLine, start: datetime, end: datetime) -> BilledLine:
+        details = _tier_details(line.tiers)
         return cls(
             line.line_key,
             line.charge,
@@ -65,9 +59,9 @@ class BilledLine:
             line.amount,
             line.amount_minor,
             line.description,
-            line.service_start,
-            line.service_end,
-            _tier_details(line.tiers),
+            start,
+            end,
+            details,
         )
 
 

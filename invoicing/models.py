@@ -367,3 +367,93 @@ class CloseFailure(Base):
     error: Mapped[str] = mapped_column(Text)
     failed_at: Mapped[datetime] = mapped_column(TS)
     retry_at: Mapped[datetime] = mapped_column(TS)
+
+
+# --- credit notes (migration 0004) ----------------------------------------------------------
+
+
+class CreditNote(Base):
+    """An issued credit note: a correction that takes `total_minor` off one issued or paid invoice.
+
+    Amounts are positive minor units: the sign is implied (a credit note only ever subtracts),
+    so `amount due = invoice total − credits issued before payment`. Credit notes are final
+    once written; nothing updates or deletes them.
+
+    The invoice's own row is never written (issued invoices are immutable), so the caps live
+    here as a ledger: `credited_before_minor` is the sum of the invoice's earlier credit notes
+    and `invoice_total_minor` a copy of its total, both read under the invoice's row lock. The
+    CHECK keeps every note within the invoice total, and the unique (invoice, credited_before)
+    makes two writers that started from the same balance collide instead of both committing.
+    """
+
+    __tablename__ = "credit_notes"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    organization_id: Mapped[str] = mapped_column(Text)
+    invoice_id: Mapped[str] = mapped_column(Text)
+    number: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime] = mapped_column(TS)
+    # True when the invoice was already paid: the credit is then owed back to the customer
+    # and leaves the invoice's amount due as it was when paid.
+    after_payment: Mapped[bool] = mapped_column()
+    invoice_total_minor: Mapped[int] = mapped_column(BigInteger)
+    credited_before_minor: Mapped[int] = mapped_column(BigInteger)
+    total_minor: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        ForeignKeyConstraint(["invoice_id"], ["invoices.id"]),
+        ForeignKeyConstraint(["organization_id"], ["organizations.id"]),
+        UniqueConstraint("organization_id", "number", name="credit_note_number"),
+        UniqueConstraint("invoice_id", "credited_before_minor", name="credit_note_chain"),
+        UniqueConstraint("id", "invoice_id", name="credit_note_invoice"),
+        CheckConstraint("total_minor > 0", name="credit_note_positive"),
+        CheckConstraint(
+            "credited_before_minor >= 0 AND credited_before_minor + total_minor <= invoice_total_minor",
+            name="credit_note_within_invoice",
+        ),
+        CheckConstraint("btrim(reason) <> ''", name="credit_note_reason"),
+    )
+
+
+class CreditNoteLine(Base):
+    """One line of a credit note: part of an invoice line (`line_key`), or an amount credit (NULL key).
+
+    A line credit carries the same ledger as its note, per invoice line: the line's amount and
+    what earlier notes credited on it, with a CHECK that the line is never credited beyond its amount.
+    """
+
+    __tablename__ = "credit_note_lines"
+    credit_note_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    invoice_id: Mapped[str] = mapped_column(Text)
+    line_key: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    line_amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    line_credited_before_minor: Mapped[int | None] = mapped_column(BigInteger)
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["credit_note_id", "invoice_id"], ["credit_notes.id", "credit_notes.invoice_id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(["invoice_id", "line_key"], ["invoice_lines.invoice_id", "invoice_lines.line_key"]),
+        UniqueConstraint("credit_note_id", "line_key", name="credit_note_line_once"),
+        UniqueConstraint("invoice_id", "line_key", "line_credited_before_minor", name="credit_note_line_chain"),
+        CheckConstraint("amount_minor > 0", name="credit_note_line_positive"),
+        CheckConstraint(
+            "(line_key IS NULL AND line_amount_minor IS NULL AND line_credited_before_minor IS NULL) OR "
+            # IS NOT NULL spelled out: a NULL inside the comparisons would make the CHECK pass.
+            "(line_key IS NOT NULL AND line_amount_minor IS NOT NULL AND line_credited_before_minor IS NOT NULL "
+            "AND line_credited_before_minor >= 0 AND line_credited_before_minor + amount_minor <= line_amount_minor)",
+            name="credit_note_line_within_line",
+        ),
+    )
+
+
+class CreditNoteSequence(Base):
+    """Gapless credit note numbers, a series of their own (see invoicing.numbering)."""
+
+    __tablename__ = "credit_note_sequences"
+    organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -25,8 +26,21 @@ def decimal_text(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def invoice_json(inv: m.Invoice, lines: list[m.InvoiceLine], history: list[m.InvoiceStatusChange]) -> dict[str, Any]:
-    """One invoice in its public JSON shape; stable key order and line order."""
+def invoice_json(
+    inv: m.Invoice,
+    lines: list[m.InvoiceLine],
+    history: list[m.InvoiceStatusChange],
+    credit_notes: Sequence[m.CreditNote] = (),
+) -> dict[str, Any]:
+    """One invoice in its public JSON shape; stable key order and line order.
+
+    The credit keys come last (they were added after the rest): `credited_minor` is the sum
+    of the invoice's credit notes, `amount_due_minor` the total minus the credits issued
+    before it was paid (a credit after payment is owed back, not taken off what was due),
+    and `credit_notes` lists them in the order they were issued. `billing_reason` is "period"
+    (a period's close) or "opening" (an in-advance subscription's first period, billed ahead).
+    """
+    notes = sorted(credit_notes, key=lambda n: n.credited_before_minor)
     return {
         "id": inv.id,
         "number": inv.number,
@@ -60,7 +74,28 @@ def invoice_json(inv: m.Invoice, lines: list[m.InvoiceLine], history: list[m.Inv
             {"from": h.from_status, "to": h.to_status, "at": rfc3339(h.at), "reason": h.reason, "actor": h.actor}
             for h in sorted(history, key=lambda x: x.seq)
         ],
+        "credited_minor": sum(n.total_minor for n in notes),
+        "amount_due_minor": inv.total_minor - sum(n.total_minor for n in notes if not n.after_payment),
+        "credit_notes": [
+            {
+                "number": n.number,
+                "issued_at": rfc3339(n.issued_at),
+                "total_minor": n.total_minor,
+                "after_payment": n.after_payment,
+                "reason": n.reason,
+            }
+            for n in notes
+        ],
+        "billing_reason": inv.billing_reason,
     }
+
+
+def credit_notes_of(session: Session, invoice_ids: Sequence[str]) -> dict[str, list[m.CreditNote]]:
+    """The credit notes of these invoices, by invoice id (every id present, most with an empty list)."""
+    notes: dict[str, list[m.CreditNote]] = {invoice_id: [] for invoice_id in invoice_ids}
+    for note in session.scalars(select(m.CreditNote).where(m.CreditNote.invoice_id.in_(invoice_ids))):
+        notes[note.invoice_id].append(note)
+    return notes
 
 
 def list_invoices(engine: Engine, organization: str, customer: str | None = None) -> list[dict[str, Any]]:
@@ -76,7 +111,8 @@ def list_invoices(engine: Engine, organization: str, customer: str | None = None
         history: dict[str, list[m.InvoiceStatusChange]] = defaultdict(list)
         for change in session.scalars(select(m.InvoiceStatusChange).where(m.InvoiceStatusChange.invoice_id.in_(ids))):
             history[change.invoice_id].append(change)
-        return [invoice_json(i, lines[i.id], history[i.id]) for i in invoices]
+        notes = credit_notes_of(session, ids)
+        return [invoice_json(i, lines[i.id], history[i.id], notes[i.id]) for i in invoices]
 
 
 def stream_counters(engine: Engine, topic: str) -> dict[str, int]:

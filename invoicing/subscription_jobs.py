@@ -1,6 +1,10 @@
 """The scheduler's subscription jobs: `trials` ends trials, `overdue` moves subscriptions
 with an unpaid invoice past its due date to past_due and back to active once paid.
 
+An invoice counts as unpaid while it is issued and its amount due after credit notes is
+above zero: one whose credit notes cover its total (or a zero invoice) never makes a
+subscription past due, and crediting the rest of an overdue invoice settles it like a payment.
+
 Each job claims rows in batches with `FOR UPDATE SKIP LOCKED`, checks every move with
 `advance_subscription`, and writes the status changes and history rows in bulk.
 """
@@ -24,10 +28,13 @@ from invoicing.lifecycle import (
 _A = SubscriptionAction
 
 
-_OVERDUE = (
-    "i.status = 'issued' AND i.due_at < :now AND i.total_minor > 0 "
-    "AND i.organization_id = s.organization_id AND i.subscription_id = s.id"
+# An issued invoice past its due date with something left to pay. Every credit note of an issued
+# invoice predates its payment, so all of them count (the sum uses credit_notes' (invoice_id, …) key).
+_UNPAID_OVERDUE = (
+    "i.status = 'issued' AND i.due_at < :now "
+    "AND i.total_minor > coalesce((SELECT sum(c.total_minor) FROM credit_notes c WHERE c.invoice_id = i.id), 0)"
 )
+_OVERDUE = f"{_UNPAID_OVERDUE} AND i.organization_id = s.organization_id AND i.subscription_id = s.id"
 
 
 def end_trials(
@@ -59,7 +66,7 @@ def mark_overdue(
     limit: int = 1000,
     statement_timeout_ms: int | None = None,
 ) -> int:
-    """Move active subscriptions with an overdue invoice (issued, unpaid, `due_at < now`) to past_due.
+    """Move active subscriptions with an overdue invoice (issued, amount due > 0, `due_at < now`) to past_due.
 
     Returns how many moved; the history reason names the oldest overdue invoice.
     """
@@ -70,7 +77,7 @@ def mark_overdue(
         "FROM subscriptions s CROSS JOIN LATERAL (SELECT i.id, i.number, i.due_at FROM invoices i "
         f"WHERE {_OVERDUE} ORDER BY i.due_at, i.id LIMIT 1) o "
         "WHERE s.status = 'active' AND (s.organization_id, s.id) IN (SELECT i.organization_id, i.subscription_id "
-        "FROM invoices i WHERE i.status = 'issued' AND i.due_at < :now AND i.total_minor > 0) "
+        f"FROM invoices i WHERE {_UNPAID_OVERDUE}) "
         "ORDER BY s.organization_id, s.id LIMIT :limit FOR UPDATE OF s SKIP LOCKED"
     )
     return _run_batches(
@@ -86,7 +93,10 @@ def reactivate_paid(
     limit: int = 1000,
     statement_timeout_ms: int | None = None,
 ) -> int:
-    """Move past_due subscriptions that have no overdue invoice left back to active; returns how many."""
+    """Move past_due subscriptions with no overdue invoice left (paid, or credited in full) back to active.
+
+    Returns how many moved.
+    """
     sql = (
         "SELECT s.organization_id, s.id, s.status, s.cancel_at_period_end, 'no overdue invoice left' "
         f"FROM subscriptions s WHERE s.status = 'past_due' AND NOT EXISTS (SELECT 1 FROM invoices i WHERE {_OVERDUE}) "

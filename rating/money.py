@@ -60,6 +60,28 @@ def from_minor(amount_minor: int, currency: str) -> Decimal:
     return Decimal(f"{amount_minor}e-{exponent}")  # built from a string: exact at any size
 
 
+def exact_minor(amount: Decimal, currency: str) -> int:
+    """An amount a person gave (major units) as integer minor units, without rounding.
+
+    Unlike `to_minor`, this refuses what it would have to round: the amount may have at
+    most as many decimals as the currency's minor unit, as written ("12.50" USD → 1250,
+    while "12.505" and "12.500" are refused; "1000" JPY → 1000, "1000.0" is refused).
+
+    Raises:
+        InvalidInput: unknown currency, an amount that is not finite, or too many decimals.
+    """
+    exponent = currency_exponent(currency)
+    if not amount.is_finite():
+        raise InvalidInput(f"amount {amount} is not a finite number")
+    places = -int(amount.as_tuple().exponent)
+    if places > exponent:
+        allowed = f"at most {exponent} decimal(s)" if exponent else "no decimals"
+        raise InvalidInput(f"amount {amount} has {places} decimal(s); {currency} amounts have {allowed}")
+    numerator, denominator = amount.as_integer_ratio()
+    minor: int = numerator * 10**exponent // denominator  # exact: the decimals fit, so nothing is left over
+    return minor
+
+
 def format_minor(amount_minor: int, currency: str) -> str:
     """Major units as a plain string with the currency's decimals: '12.50', '1000', '1.005'."""
     exponent = currency_exponent(currency)

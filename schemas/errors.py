@@ -4,12 +4,18 @@
     ├── InvalidInput (ValueError)    code "invalid_input"
     │   ├── InvalidPlan              code "invalid_plan"
     │   ├── InvalidUsage             code "invalid_usage"
-    │   └── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog)
+    │   ├── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog)
+    │   └── InvalidCreditAmount      code "invalid_credit_amount" (invoicing.credit_notes)
     ├── DatabaseUnavailable          code "database_unavailable" (invoicing.db)
     ├── SchemaOutOfDate              code "schema_out_of_date"   (invoicing.db)
     ├── IllegalTransition            code "illegal_transition"   (invoicing.lifecycle)
     ├── ConcurrentUpdate             code "concurrent_update"    (invoicing.commands)
+    ├── InvoiceHasCreditNotes        code "invoice_has_credit_notes" (invoicing.commands)
     ├── InvoiceNotFound (LookupError) code "invoice_not_found"   (invoicing.commands)
+    ├── InvoiceNotCreditable         code "invoice_not_creditable" (invoicing.credit_notes)
+    ├── OverCredit                   code "over_credit"          (invoicing.credit_notes)
+    ├── InvoiceLineNotFound (LookupError) code "invoice_line_not_found" (invoicing.credit_notes)
+    ├── CreditNoteNotFound (LookupError) code "credit_note_not_found" (invoicing.credit_notes)
     ├── SubscriptionNotFound (LookupError) code "subscription_not_found" (invoicing.subscriptions)
     └── WorkerCrashed                code "worker_crashed"       (streams.worker)
 

@@ -6,7 +6,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,24 @@ def native_event(event_id: str, customer: str, time: str, type_: str = "api_requ
     return json.dumps(
         {"id": event_id, "type": type_, "customer": customer, "time": time, "properties": properties}
     ).encode()
+
+
+def race(calls: list[Callable[[], object]], *, timeout_s: float = 60) -> list[object]:
+    """Run the calls in threads released together; each result or raised exception, in order."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [RuntimeError("did not run")] * len(calls)
+
+    def run(i: int, call: Callable[[], object]) -> None:
+        barrier.wait()
+        try:
+            results[i] = call()
+        except Exception as exc:  # the loser's error is the result under test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+    assert not any(t.is_alive() for t in threads)
+    return results

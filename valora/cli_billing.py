@@ -1,4 +1,4 @@
-"""`valora invoices`, `valora subscriptions` and `valora usage`: reading and changing billing state."""
+"""`valora invoices` (and credit notes), `valora subscriptions`, `valora usage`: reading and changing billing state."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def cmd_invoice_state(args: argparse.Namespace) -> int:
         connect_engine(load_settings()),
         args.invoice_id,
         now=args.at or now_utc(),
-        actor=args.actor or f"cli:{os.environ.get('USER') or 'unknown'}",
+        actor=args.actor or _default_actor(),
         reason=args.reason or DEFAULT_REASONS[args.action],
     )
     if args.json:
@@ -54,6 +54,72 @@ def cmd_invoice_state(args: argparse.Namespace) -> int:
     else:
         print(f"{invoice['id']}  {invoice['number'] or '(draft)'}  {invoice['status']}")
     return 0
+
+
+def _default_actor() -> str:
+    return f"cli:{os.environ.get('USER') or 'unknown'}"
+
+
+def cmd_invoice_credit(args: argparse.Namespace) -> int:
+    from invoicing.credit_notes import CreditAll, CreditAmount, CreditLines, credit_invoice, parse_credit_amount
+    from rating.money import format_minor
+
+    request: CreditAll | CreditLines | CreditAmount
+    if args.all:
+        request = CreditAll()
+    elif args.line:
+        request = CreditLines(tuple(args.line))
+    else:
+        request = CreditAmount(parse_credit_amount(args.amount))
+    note = credit_invoice(
+        connect_engine(load_settings()),
+        args.invoice_id,
+        request,
+        now=args.at or now_utc(),
+        actor=args.actor or _default_actor(),
+        reason=args.reason,
+        organization=args.org,
+    )
+    if args.json:
+        print(json.dumps(note, indent=2))
+    else:
+        total = format_minor(note["total_minor"], note["currency"])
+        print(f"{note['number']}  credits {note['invoice_number']}  {total} {note['currency']}  {note['id']}")
+    return 0
+
+
+def cmd_credit_note_show(args: argparse.Namespace) -> int:
+    from invoicing.commands import invoice_parties
+    from invoicing.credit_notes import get_credit_note
+    from invoicing.html import render_credit_note_html
+    from rating.money import format_minor
+
+    engine = connect_engine(load_settings())
+    note = get_credit_note(engine, args.credit_note, organization=args.org)
+    if args.html:
+        organization_name, customer_name = invoice_parties(engine, note["invoice"])
+        out = render_credit_note_html(note, organization_name=organization_name, customer_name=customer_name)
+    elif args.json:
+        out = json.dumps(note, indent=2) + "\n"
+    else:
+        cur = note["currency"]
+        rows = [f"{note['number']}  credits {note['invoice_number']}  {note['issued_at']}  {note['reason']}"]
+        rows += [
+            f"    {ln['description'][:60]:<60} {format_minor(ln['amount_minor'], cur):>12} {cur}"
+            for ln in note["lines"]
+        ]
+        rows.append(f"    {'Total credited':<60} {format_minor(note['total_minor'], cur):>12} {cur}")
+        out = "\n".join(rows) + "\n"
+    _write_out(out, args.out)
+    return 0
+
+
+def _write_out(out: str, path: str | None) -> None:
+    if path:
+        Path(path).write_text(out, encoding="utf-8")
+        print(f"wrote {path}")
+    else:
+        sys.stdout.write(out)
 
 
 def cmd_invoice_show(args: argparse.Namespace) -> int:
@@ -70,11 +136,7 @@ def cmd_invoice_show(args: argparse.Namespace) -> int:
         out = json.dumps(invoice, indent=2) + "\n"
     else:
         out = invoice_table([invoice]) + "\n"
-    if args.out:
-        Path(args.out).write_text(out, encoding="utf-8")
-        print(f"wrote {args.out}")
-    else:
-        sys.stdout.write(out)
+    _write_out(out, args.out)
     return 0
 
 
@@ -123,7 +185,7 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
             args.org,
             args.subscription,
             now=args.at or now_utc(),
-            actor=args.actor or f"cli:{os.environ.get('USER') or 'unknown'}",
+            actor=args.actor or _default_actor(),
             reason=args.reason or "requested by hand",
         )
     print(json.dumps(sub, indent=2) if args.json else _subscription_text(sub))
@@ -159,6 +221,34 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_credit_parsers(inv_actions: Any) -> None:
+    credit = inv_actions.add_parser(
+        "credit", help="issue a credit note against an issued or paid invoice: all of it, whole lines, or an amount"
+    )
+    credit.add_argument("invoice_id", metavar="ID")
+    credit.add_argument("--reason", required=True, help="why; printed on the credit note")
+    what = credit.add_mutually_exclusive_group(required=True)
+    what.add_argument("--all", action="store_true", help="credit everything that remains creditable")
+    what.add_argument(
+        "--line", action="append", metavar="LINE_KEY", help="credit what remains of this line (repeatable)"
+    )
+    what.add_argument("--amount", metavar="DECIMAL", help="credit exactly this amount in the invoice's currency")
+    credit.add_argument("--org", help="the organization that must own the invoice")
+    credit.add_argument("--actor", help="who issued it (default: cli:$USER)")
+    credit.add_argument("--at", type=parse_time, default=None, help="RFC 3339 issue time (default: now)")
+    credit.add_argument("--json", action="store_true", help="print the credit note as JSON")
+    credit.set_defaults(func=cmd_invoice_credit)
+
+    show = inv_actions.add_parser("show-credit-note", help="one credit note as text, JSON, or a standalone HTML page")
+    show.add_argument("credit_note", metavar="NUMBER_OR_ID")
+    show.add_argument("--org", help="the organization, when several use the same number")
+    show_format = show.add_mutually_exclusive_group()
+    show_format.add_argument("--json", action="store_true")
+    show_format.add_argument("--html", action="store_true")
+    show.add_argument("--out", help="write to this file instead of stdout")
+    show.set_defaults(func=cmd_credit_note_show)
+
+
 def add_billing_parsers(sub: Any) -> None:
     """Register the invoices, subscriptions and usage subcommands on the top-level subparsers."""
     inv = sub.add_parser("invoices", help="list and show invoices, and move them through their lifecycle")
@@ -190,6 +280,8 @@ def add_billing_parsers(sub: Any) -> None:
         change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
         change.add_argument("--json", action="store_true", help="print the invoice as JSON")
         change.set_defaults(func=cmd_invoice_state)
+
+    _add_credit_parsers(inv_actions)
 
     subs = sub.add_parser(
         "subscriptions", help="show a subscription, cancel it now or at period end, revoke a cancel, change its plan"

@@ -20,4 +20,8 @@ def invoice_table(invoices: list[dict[str, Any]]) -> str:
         for line in inv["lines"]:
             out.append(f"    {line['description'][:60]:<60} {format_minor(line['amount_minor'], cur):>12} {cur}")
         out.append(f"    {'Total':<60} {format_minor(inv['total_minor'], cur):>12} {cur}")
+        for note in inv.get("credit_notes", []):
+            out.append(f"    {'Credit note ' + note['number']:<60} {format_minor(-note['total_minor'], cur):>12} {cur}")
+        if inv.get("credit_notes"):
+            out.append(f"    {'Amount due':<60} {format_minor(inv['amount_due_minor'], cur):>12} {cur}")
     return "\n".join(out)

@@ -26,6 +26,7 @@ from invoicing.commands import (
 from invoicing.lifecycle import IllegalTransition
 from schemas.errors import InvalidInput, ValoraError
 from tests.conftest import wait_for
+from tests.helpers import race
 from tests.invoicing.conftest import history_rows
 
 pytestmark = pytest.mark.integration
@@ -186,25 +187,14 @@ def test_a_naive_time_is_refused(engine: Engine, issued_id: str) -> None:
 # --- concurrency --------------------------------------------------------------------------
 
 
-def _race(engine: Engine, invoice_id: str, commands: list[Command]) -> list[dict[str, Any] | Exception]:
+def _race(engine: Engine, invoice_id: str, commands: list[Command]) -> list[object]:
     """Run the commands in threads released together; each result or exception, in order."""
-    barrier = threading.Barrier(len(commands))
-    results: list[dict[str, Any] | Exception] = [RuntimeError("did not run")] * len(commands)
-
-    def run(i: int, command: Command) -> None:
-        barrier.wait()
-        try:
-            results[i] = command(engine, invoice_id, now=NOW, actor=f"worker-{i}", reason="race")
-        except Exception as exc:  # the loser's error is the result under test
-            results[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(commands)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    return results
+    return race(
+        [
+            lambda i=i, command=command: command(engine, invoice_id, now=NOW, actor=f"worker-{i}", reason="race")
+            for i, command in enumerate(commands)
+        ]
+    )
 
 
 @pytest.mark.parametrize("round_", range(5))

@@ -6,6 +6,7 @@ import copy
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from invoicing.commands import get_invoice, invoice_parties
-from invoicing.html import render_invoice_html
+from invoicing.credit_notes import CreditAll, credit_invoice, get_credit_note
+from invoicing.html import render_credit_note_html, render_invoice_html
 from rating.money import format_minor
 
 NS = {"h": "http://www.w3.org/1999/xhtml"}
@@ -251,3 +253,103 @@ def test_a_real_browser_shows_the_total(tmp_path: Path) -> None:
 
     assert f'<span class="amount">{format_minor(invoice["total_minor"], "USD")}</span>' in dom
     assert "ACME-2026-000042" in dom
+
+
+# --- credit notes ---------------------------------------------------------------------------------
+
+
+def sample_credit_note(**overrides: Any) -> dict[str, Any]:
+    """A credit note in the public JSON shape: one line credit and one amount credit."""
+    note: dict[str, Any] = {
+        "id": "cn_0123456789abcdef01234567",
+        "number": "ACME-CN-2026-000007",
+        "organization": "acme",
+        "invoice": "in_0123456789abcdef01234567",
+        "invoice_number": "ACME-2026-000042",
+        "customer": "cus_1",
+        "subscription": "sub_1",
+        "currency": "USD",
+        "issued_at": "2026-02-10T12:00:00Z",
+        "reason": "Service outage on Jan 20",
+        "actor": "alice",
+        "after_payment": False,
+        "lines": [
+            {"line_key": "api", "description": "API calls: 1,500 units (1,000 free) × 0.002", "amount_minor": 100},
+            {"line_key": None, "description": "Credit on the invoice total", "amount_minor": 250},
+        ],
+        "total_minor": 350,
+        "invoice_total_minor": 3598,
+        "credited_before_minor": 0,
+    }
+    note.update(overrides)
+    return note
+
+
+def render_note(note: dict[str, Any], **names: str) -> str:
+    return render_credit_note_html(
+        note,
+        organization_name=names.get("organization_name", "Acme Inc"),
+        customer_name=names.get("customer_name", "Globex"),
+    )
+
+
+def test_a_credit_note_page_parses_strictly_and_shows_its_lines_and_total() -> None:
+    note = sample_credit_note()
+    root = parse(render_note(note))
+
+    assert text_of(root.find(".//h:title", NS)) == "Credit note ACME-CN-2026-000007 from Acme Inc"
+    assert text_of(root.find(".//h:span[@id='credit-note-number']", NS)) == "ACME-CN-2026-000007"
+    assert text_of(root.find(".//h:span[@id='invoice-number']", NS)) == "ACME-2026-000042"
+    assert text_of(root.find(".//h:span[@id='reason']", NS)) == "Service outage on Jan 20"
+    rows = root.findall(".//h:tbody/h:tr[@class='line']", NS)
+    assert [row.get("data-line-key") for row in rows] == ["api", ""]
+    assert [text_of(row.find(".//h:span[@class='amount']", NS)) for row in rows] == ["1.00", "2.50"]
+    assert text_of(root.find(".//h:tr[@id='total']//h:span[@class='amount']", NS)) == "3.50"
+    assert "Credit to" in text_of(root.find(".//h:section[@class='parties']", NS))
+    assert "owed back" not in text_of(root)
+    assert "owed back" in text_of(parse(render_note(sample_credit_note(after_payment=True))))
+
+
+def test_a_credit_note_page_escapes_everything() -> None:
+    attack = "<script>alert(1)</script> & \x00"
+    note = sample_credit_note(reason=attack)
+    note["lines"][0]["description"] = attack
+    root = parse(render_note(note, organization_name=attack, customer_name=attack))
+
+    assert not list(root.iter(f"{{{NS['h']}}}script"))
+    assert text_of(root.find(".//h:span[@id='reason']", NS)) == attack.replace("\x00", "\ufffd")
+
+
+def test_an_invoice_page_lists_its_credit_notes_and_the_amount_due() -> None:
+    notes = [
+        {"number": "ACME-CN-2026-000001", "issued_at": "2026-02-10T12:00:00Z", "total_minor": 1000,
+         "after_payment": False, "reason": "outage"},
+        {"number": "ACME-CN-2026-000002", "issued_at": "2026-02-11T12:00:00Z", "total_minor": 98,
+         "after_payment": False, "reason": "goodwill"},
+    ]  # fmt: skip
+    invoice = sample_invoice(credited_minor=1098, amount_due_minor=2500, credit_notes=notes)
+    root = parse(render(invoice))
+
+    rows = root.findall(".//h:tfoot/h:tr[@class='credit-note']", NS)
+    assert [row.get("data-number") for row in rows] == ["ACME-CN-2026-000001", "ACME-CN-2026-000002"]
+    assert [text_of(row.find(".//h:span[@class='amount']", NS)) for row in rows] == ["-10.00", "-0.98"]
+    assert text_of(root.find(".//h:tr[@id='amount-due']//h:span[@class='amount']", NS)) == "25.00"
+    assert "Please pay 25.00 USD" in text_of(root.find(".//h:footer", NS))
+
+    settled = parse(render(sample_invoice(credited_minor=3598, amount_due_minor=0, credit_notes=notes[:1])))
+    assert "Nothing is owed" in text_of(settled.find(".//h:footer", NS))
+    assert root.find(".//h:tr[@id='amount-due']", NS) is not None
+    assert parse(render(sample_invoice())).find(".//h:tr[@id='amount-due']", NS) is None
+
+
+@pytest.mark.integration
+def test_renders_a_credit_note_read_from_postgres(engine: Engine, issued_id: str) -> None:
+    note = credit_invoice(
+        engine, issued_id, CreditAll(), now=datetime(2026, 2, 10, tzinfo=UTC), actor="a", reason="outage"
+    )
+    root = parse(render_note(get_credit_note(engine, note["number"])))
+    assert text_of(root.find(".//h:tr[@id='total']//h:span[@class='amount']", NS)) == format_minor(
+        note["total_minor"], "USD"
+    )
+    invoice_page = parse(render(get_invoice(engine, issued_id)))
+    assert text_of(invoice_page.find(".//h:tr[@id='amount-due']//h:span[@class='amount']", NS)) == "0.00"

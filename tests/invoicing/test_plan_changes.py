@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from invoicing.catalog import apply_catalog, parse_catalog
+from invoicing.catalog import InvalidCatalog, apply_catalog, parse_catalog
 from invoicing.close import close_due
 from invoicing.commands import get_invoice
 from invoicing.db import make_engine, upgrade
@@ -190,3 +190,13 @@ def test_the_same_inputs_give_the_same_invoices(engine: Engine, database_url: st
     first = list_invoices(engine, "acme")
     assert _close(engine, utc(2026, 5, 1, 1)) == []
     assert list_invoices(engine, "acme") == first
+
+
+def test_the_catalog_may_correct_a_plan_until_it_is_billed(engine: Engine) -> None:
+    moved = {**CATALOG, "subscriptions": [_sub("arr", "scale")]}
+    apply_catalog(engine, parse_catalog(moved))  # nothing billed yet: a correction
+    assert get_subscription(engine, "acme", "arr")["plan"] == "scale"
+    _close(engine, utc(2026, 5, 1, 1))
+    with pytest.raises(InvalidCatalog, match="valora subscriptions change-plan acme arr --plan starter"):
+        apply_catalog(engine, parse_catalog({**CATALOG, "subscriptions": [_sub("arr", "starter")]}))
+    assert get_subscription(engine, "acme", "arr")["plan"] == "scale"

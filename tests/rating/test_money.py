@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
@@ -10,6 +11,7 @@ import pytest
 from rating.money import (
     DISPLAY_DIGITS,
     currency_exponent,
+    exact_minor,
     format_minor,
     fraction_to_decimal,
     from_minor,
@@ -111,3 +113,36 @@ def test_fraction_to_decimal_is_exact_when_it_terminates(value: Fraction, text: 
 def test_fraction_to_decimal_keeps_28_digits_when_it_does_not() -> None:
     third = fraction_to_decimal(Fraction(1, 3))
     assert third == D("0." + "3" * DISPLAY_DIGITS)
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "minor"),
+    [
+        ("12.50", "USD", 1250),
+        ("12.5", "USD", 1250),
+        ("0.01", "USD", 1),
+        ("1000", "JPY", 1000),
+        ("1E+2", "JPY", 100),
+        ("1.005", "BHD", 1005),
+        ("-3.25", "USD", -325),
+        ("123456789012345678901234567890.12", "USD", 12345678901234567890123456789012),
+    ],
+)
+def test_exact_minor_converts_without_rounding(amount: str, currency: str, minor: int) -> None:
+    assert exact_minor(D(amount), currency) == minor
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "message"),
+    [
+        ("12.505", "USD", "has 3 decimal(s); USD amounts have at most 2 decimal(s)"),
+        ("12.500", "USD", "has 3 decimal(s)"),
+        ("1000.0", "JPY", "JPY amounts have no decimals"),
+        ("NaN", "USD", "not a finite number"),
+        ("Infinity", "USD", "not a finite number"),
+        ("1", "XXX", "unknown currency"),
+    ],
+)
+def test_exact_minor_refuses_what_it_would_round(amount: str, currency: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        exact_minor(D(amount), currency)

@@ -1,7 +1,7 @@
 """plan changes and in-advance billing
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 
 * `subscription_plan_changes`: one row per plan change, effective at an instant; the plan
   in force at t is the last change at or before t, else `subscriptions.plan_code` (the plan
@@ -24,8 +24,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
