@@ -108,10 +108,10 @@ def _routing(snapshot: CatalogSnapshot, org: str, customer: str, event_type: str
         )
     # It holds while no subscription starts or ends and every active one stays in its period and plan segment.
     edges = [e for s in subs for e in (s.start, s.end) if e is not None]
-    spans = [s.span_at(when) for s in active]
-    valid_from = max([e for e in edges if e <= when] + [lo for lo, _ in spans])
-    valid_until = min([e for e in edges if e > when] + [hi for _, hi in spans])
-    routes = [s.route_at(when) for s in active]
+    routed = [s.route_at(when) for s in active]
+    routes = [route for route, _ in routed]
+    valid_from = max([e for e in edges if e <= when] + [route[4] for route in routes])
+    valid_until = min([e for e in edges if e > when] + [until for _, until in routed])
     routing = Routing(
         valid_from,
         valid_until,

@@ -49,7 +49,6 @@ class SubscriptionView:
     # Plan changes in time order: (effective instant, meter keys of the new plan). Usually none.
     changes: tuple[tuple[datetime, frozenset[str]], ...] = ()
     _last_period: Period | None = field(default=None, repr=False)
-    _last_route: Route | None = field(default=None, repr=False)
 
     def period_at(self, t: datetime) -> Period:
         """The billing period containing t; the last answer is cached (events cluster in time)."""
@@ -60,37 +59,22 @@ class SubscriptionView:
         self._last_period = period
         return period
 
-    def route_at(self, t: datetime) -> Route:
-        """The period and plan segment an event at t counts in, and the meters that plan bills.
+    def route_at(self, t: datetime) -> tuple[Route, datetime]:
+        """The period and plan segment an event at t counts in, the meters that plan bills, and until when.
 
         A segment starts at the period's start, or at the plan change that began it when the
         plan changed inside the period; usage is kept per segment so each part is rated under
-        the plan then in force.
+        the plan then in force. The route holds over `[segment start, until)`: until the period
+        ends or the next plan change, whichever comes first.
         """
-        last = self._last_route
-        if last is not None and not self.changes and last[2] <= t < last[3]:
-            return last
         period = self.period_at(t)
-        segment, keys = period.start, self.meter_keys
+        segment, until, keys = period.start, period.end, self.meter_keys
         for at, changed_keys in self.changes:
             if at > t:
+                until = min(until, at)
                 break
             segment, keys = max(at, period.start), changed_keys
-        route = (self.id, keys, period.start, period.end, segment)
-        self._last_route = route
-        return route
-
-    def span_at(self, t: datetime) -> tuple[datetime, datetime]:
-        """The window `[from, until)` around t over which `route_at` gives the same answer."""
-        period = self.period_at(t)
-        start, end = period.start, period.end
-        for at, _ in self.changes:
-            if at <= t:
-                start = max(start, at)
-            else:
-                end = min(end, at)
-                break
-        return start, end
+        return (self.id, keys, period.start, period.end, segment), until
 
 
 Target = tuple[str, datetime, datetime, datetime]  # (subscription, period start, period end, segment start)
