@@ -144,7 +144,12 @@ def _close_totals(session: Session, items: list[ClosingItem], histories: dict[tu
 def load_histories(
     session: Session, subs: list[m.Subscription], plan_cache: dict[tuple[str, str], Plan]
 ) -> dict[tuple[str, str], PlanHistory]:
-    """Each subscription's plan history: the plan it started on and its plan changes, in time order."""
+    """Each subscription's plan history: the plan it started on and its plan changes, in time order.
+
+    Loads the plans it needs into `plan_cache` (a cache the caller may keep across batches).
+    """
+    if not subs:
+        return {}
     keys = [(s.organization_id, s.id) for s in subs]
     changes: dict[tuple[str, str], list[m.PlanChange]] = defaultdict(list)
     for change in session.scalars(
@@ -153,7 +158,8 @@ def load_histories(
         .order_by(m.PlanChange.effective_at)
     ):
         changes[(change.organization_id, change.subscription_id)].append(change)
-    load_plans(session, plan_cache, {(c.organization_id, c.to_plan) for cs in changes.values() for c in cs})
+    wanted = {(s.organization_id, s.plan_code) for s in subs}
+    _load_plans(session, plan_cache, wanted | {(c.organization_id, c.to_plan) for cs in changes.values() for c in cs})
     return {
         (s.organization_id, s.id): PlanHistory(
             plan_cache[(s.organization_id, s.plan_code)],
@@ -165,7 +171,7 @@ def load_histories(
     }
 
 
-def load_plans(session: Session, plan_cache: dict[tuple[str, str], Plan], wanted: set[tuple[str, str]]) -> None:
+def _load_plans(session: Session, plan_cache: dict[tuple[str, str], Plan], wanted: set[tuple[str, str]]) -> None:
     missing = wanted - set(plan_cache)
     if missing:
         for row in session.query(m.Plan).filter(tuple_(m.Plan.organization_id, m.Plan.code).in_(missing)):
@@ -295,7 +301,6 @@ def close_batch(
             o.id: o
             for o in session.query(m.Organization).filter(m.Organization.id.in_({s.organization_id for s in subs}))
         }
-        load_plans(session, plan_cache, {(s.organization_id, s.plan_code) for s in subs})
         histories = load_histories(session, subs, plan_cache)
         items: list[ClosingItem] = []
         finished: list[tuple[m.Subscription, str]] = []

@@ -79,6 +79,7 @@ class Segment:
 class PeriodBill:
     lines: list[BilledLine] = field(default_factory=list)
     advance_billed_until: datetime | None = None  # the subscription's new value
+    segments: list[Segment] = field(default_factory=list)  # the period's plan windows, as rated
 
 
 def segments(sub: m.Subscription, history: PlanHistory, period: Period) -> list[Segment]:
@@ -114,21 +115,27 @@ def period_lines(
         InvalidUsage: a usage quantity is negative or not a finite decimal.
     """
     parts = segments(sub, history, period)
-    bill = PeriodBill(advance_billed_until=sub.advance_billed_until)
+    bill = PeriodBill(advance_billed_until=sub.advance_billed_until, segments=parts)
     if not parts:
         return bill
-    simple = len(parts) == 1 and parts[0].plan.billing_timing is not _ADVANCE
-    if simple:
-        plan = parts[0].plan
-        quantities = {} if trial_usage_free(sub, plan, period.start) else usage.get(period.start, {})
-        rated = rate_plan(plan, quantities, period, active_from=paid_from(sub), active_until=sub.end_at)
+    if len(parts) == 1 and parts[0].plan.billing_timing is not _ADVANCE:
+        only = parts[0]
+        quantities = _billed_usage(sub, only, period, usage)
+        rated = rate_plan(only.plan, quantities, period, active_from=paid_from(sub), active_until=sub.end_at)
         bill.lines = [BilledLine.from_rated(line, period) for line in rated.lines]
     else:
         plan_segments = [PlanSegment(p.plan, p.start, p.end, _billed_usage(sub, p, period, usage)) for p in parts]
         windowed = rate_segments(period, plan_segments, paid_from=paid_from(sub))
         bill.lines = [BilledLine.from_windowed(line) for line in windowed]
         bill.lines += [BilledLine.from_windowed(line) for line in _settle_in_advance(sub, parts, period)]
-    bill.lines += [BilledLine.from_windowed(line) for line in _advance_next(sub, history, period, bill)]
+    if sub.end_at is None or sub.end_at > period.end:  # the subscription goes on: the next period ahead
+        following = period_containing(
+            sub.billing_anchor, history.first.interval, period.end, history.first.interval_count
+        )
+        ahead = _billed_ahead(sub, history.plan_at(period.end), following)
+        if ahead is not None:
+            lines, bill.advance_billed_until = ahead
+            bill.lines += lines
     return bill
 
 
@@ -164,28 +171,23 @@ def _settle_in_advance(sub: m.Subscription, parts: list[Segment], period: Period
     return lines
 
 
-def _advance_next(sub: m.Subscription, history: PlanHistory, period: Period, bill: PeriodBill) -> list[WindowedLine]:
-    """The next period's in-advance flat charges, when the subscription goes on past `period`."""
-    if sub.end_at is not None and sub.end_at <= period.end:
-        return []
-    plan = history.plan_at(period.end)
-    if plan.billing_timing is not _ADVANCE:
-        return []
-    following = period_containing(sub.billing_anchor, plan.interval, period.end, plan.interval_count)
-    start = max(following.start, paid_from(sub))
-    end = following.end if sub.end_at is None else min(following.end, sub.end_at)
-    if end <= start:
-        return []
-    bill.advance_billed_until = end
-    return list(advance_flat(plan, following, start, end))
+def _billed_ahead(sub: m.Subscription, plan: Plan, period: Period) -> tuple[list[BilledLine], datetime] | None:
+    """`plan`'s in-advance flat charges for the paid part of `period`, and where that part ends.
+
+    The paid part starts at the period's start or the trial's end and stops at the
+    subscription's end; None when it is empty or `plan` bills in arrears.
+    """
+    start = max(period.start, paid_from(sub))
+    end = period.end if sub.end_at is None else min(period.end, sub.end_at)
+    if end <= start or plan.billing_timing is not _ADVANCE:
+        return None
+    return [BilledLine.from_windowed(line) for line in advance_flat(plan, period, start, end)], end
 
 
 def opening_lines(sub: m.Subscription, history: PlanHistory, period: Period) -> PeriodBill:
     """The opening invoice of an in-advance subscription: its first period's flat charges, billed ahead."""
-    start = max(period.start, paid_from(sub))
-    end = period.end if sub.end_at is None else min(period.end, sub.end_at)
-    plan = history.plan_at(start)
-    if end <= start or plan.billing_timing is not _ADVANCE:
+    ahead = _billed_ahead(sub, history.plan_at(max(period.start, paid_from(sub))), period)
+    if ahead is None:
         return PeriodBill(advance_billed_until=sub.advance_billed_until)
-    lines = [BilledLine.from_windowed(line) for line in advance_flat(plan, period, start, end)]
-    return PeriodBill(lines=lines, advance_billed_until=end)
+    lines, until = ahead
+    return PeriodBill(lines=lines, advance_billed_until=until)

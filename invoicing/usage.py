@@ -17,11 +17,10 @@ from sqlalchemy import Engine, select, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from invoicing.close import load_histories, load_plans
-from invoicing.period_rating import PlanHistory, period_lines, segments
+from invoicing.close import load_histories
+from invoicing.period_rating import PlanHistory, period_lines
 from invoicing.queries import decimal_text, rfc3339
 from rating import Period, period_containing
-from schemas.plans import Plan
 
 
 def _rated_period(
@@ -29,7 +28,7 @@ def _rated_period(
 ) -> dict[str, Any]:
     """The period as its close would bill it now (`invoicing.period_rating`, the close's own function)."""
     bill = period_lines(sub, history, period, usage)
-    parts = segments(sub, history, period)
+    parts = bill.segments
     current = parts[-1] if parts else None
     subtotal = sum(line.amount_minor for line in bill.lines)
     return {
@@ -116,7 +115,7 @@ def running_totals(
             for s in session.scalars(query.order_by(m.Subscription.id))
             if s.start_at <= at and (s.end_at is None or at < s.end_at)
         ]
-        histories = _histories(session, subs)
+        histories = load_histories(session, subs, {})
         periods = {s.id: _period_of(s, histories[(organization, s.id)], at) for s in subs}
         usage = _usage_by_key(session, [(organization, s.id, periods[s.id].start) for s in subs])
         return [
@@ -125,12 +124,6 @@ def running_totals(
             )
             for s in subs
         ]
-
-
-def _histories(session: Session, subs: list[m.Subscription]) -> dict[tuple[str, str], PlanHistory]:
-    plan_cache: dict[tuple[str, str], Plan] = {}
-    load_plans(session, plan_cache, {(s.organization_id, s.plan_code) for s in subs})
-    return load_histories(session, subs, plan_cache) if subs else {}
 
 
 def totals_for(engine: Engine, keys: Iterable[tuple[str, str, datetime]]) -> list[dict[str, Any]]:
@@ -152,7 +145,7 @@ def totals_for(engine: Engine, keys: Iterable[tuple[str, str, datetime]]) -> lis
             if wanted
             else {}
         )
-        histories = _histories(session, list(subs.values()))
+        histories = load_histories(session, list(subs.values()), {})
         out = []
         for org, sub_id, ps in wanted:
             sub = subs.get((org, sub_id))
