@@ -4,15 +4,22 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench-pipeline bench-close golden clean
+.PHONY: install lock demo test lint typecheck bench-pipeline bench-close golden clean
 
-$(STAMP): pyproject.toml
+# Installs exactly what requirements.lock pins (hash-checked), then Valora itself without
+# resolving anything again; pyproject.toml keeps the compatible ranges for library users.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolves every runtime and dev dependency within pyproject's ranges (run after changing them).
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --quiet -o requirements.lock
 
 demo: $(STAMP)
 	$(BIN)/valora demo
