@@ -54,7 +54,6 @@ class WorkerConfig:
     snapshot_refresh_s: float = 10.0
     session_timeout_ms: int = 10000
     until_idle: bool = False
-    metrics_port: int | None = None
     idle_quiet_s: float = 2.0
 
 
@@ -78,6 +77,7 @@ class BatchProcessor:
         self.producer = Producer({"bootstrap.servers": cfg.bootstrap, "enable.idempotence": True, "linger.ms": 5})
         self.offsets: dict[int, int] = {}
         self.crash: BaseException | None = None
+        self.heartbeat: float | None = None  # monotonic time of the ingest loop's last turn (readiness)
         self.touched: set[tuple[str, str, datetime]] = set()
         self._engine: Engine | None = None  # snapshot loads and totals publishing share it
 

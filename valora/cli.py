@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from schemas.errors import InvalidInput, ValoraError
 from valora.cli_billing import add_billing_parsers
@@ -93,13 +94,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
         batch_max=settings.batch_max,
         future_tolerance=settings.future_tolerance,
         until_idle=args.until_idle,
-        metrics_port=settings.metrics_port,
         session_timeout_ms=settings.session_timeout_ms,
     )
-    summary = run_worker(cfg)
+    summary = run_worker(cfg, serve=_worker_listener(settings, cfg.bootstrap, database_url))
     if args.until_idle:
         print("worker idle: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.items())))
     return 0
+
+
+def _worker_listener(settings: Any, bootstrap: str, database_url: str) -> Callable[[Any, Any], object] | None:
+    """Metrics, /healthz and /readyz (broker, database, the ingest loop turning) when a port is set."""
+    from valora import telemetry as t
+
+    if settings.metrics_port is None:
+        return None
+
+    def serve(registry: Any, processor: Any) -> object:
+        health = t.Health(
+            heartbeat=lambda: processor.heartbeat,
+            stall_after_s=t.WORKER_STALL_AFTER_S,
+            checks={"broker": t.broker_check(bootstrap), "database": t.database_check(database_url)},
+            failure=lambda: None if processor.crash is None else str(processor.crash),
+        )
+        return t.serve_metrics(settings.metrics_addr, settings.metrics_port, registry, health)
+
+    return serve
 
 
 def cmd_close(args: argparse.Namespace) -> int:
@@ -127,20 +146,23 @@ def cmd_close(args: argparse.Namespace) -> int:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     import signal
 
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from invoicing.metrics import SchedulerMetrics
     from invoicing.scheduler import Scheduler, SchedulerConfig
+    from valora import telemetry as t
 
     settings = load_settings()
     registry = CollectorRegistry()
     metrics = SchedulerMetrics(registry)
-    if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port, registry=registry)
     cfg = SchedulerConfig(
         tick_s=args.tick, batch_size=args.batch, late_grace=settings.late_grace, job_budget_s=args.budget
     )
     scheduler = Scheduler(connect_engine(settings), cfg, metrics, now_utc)
+    if settings.metrics_port is not None:  # ready: the database answers and the run loop steps
+        checks = {"database": t.database_check(resolve_database_url(settings))}
+        health = t.Health(heartbeat=lambda: scheduler.heartbeat, stall_after_s=scheduler.stall_after_s, checks=checks)
+        t.serve_metrics(settings.metrics_addr, settings.metrics_port, registry, health)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop_event.set())
     summary = scheduler.run(once=args.once)
     print(f"scheduler stopped: {summary.invoices} invoice(s), {summary.failed} deferred")
