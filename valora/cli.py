@@ -12,7 +12,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from schemas.errors import InvalidInput, ValoraError
 from valora.cli_billing import add_billing_parsers
@@ -96,29 +95,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         until_idle=args.until_idle,
         session_timeout_ms=settings.session_timeout_ms,
     )
-    summary = run_worker(cfg, serve=_worker_listener(settings, cfg.bootstrap, database_url))
+    from valora.telemetry import worker_listener
+
+    listener = None
+    if settings.metrics_port is not None:
+        listener = worker_listener(settings.metrics_addr, settings.metrics_port, cfg.bootstrap, database_url)
+    summary = run_worker(cfg, serve=listener)
     if args.until_idle:
         print("worker idle: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.items())))
     return 0
-
-
-def _worker_listener(settings: Any, bootstrap: str, database_url: str) -> Callable[[Any, Any], object] | None:
-    """Metrics, /healthz and /readyz (broker, database, the ingest loop turning) when a port is set."""
-    from valora import telemetry as t
-
-    if settings.metrics_port is None:
-        return None
-
-    def serve(registry: Any, processor: Any) -> object:
-        health = t.Health(
-            heartbeat=lambda: processor.heartbeat,
-            stall_after_s=t.WORKER_STALL_AFTER_S,
-            checks={"broker": t.broker_check(bootstrap), "database": t.database_check(database_url)},
-            failure=lambda: None if processor.crash is None else str(processor.crash),
-        )
-        return t.serve_metrics(settings.metrics_addr, settings.metrics_port, registry, health)
-
-    return serve
 
 
 def cmd_close(args: argparse.Namespace) -> int:

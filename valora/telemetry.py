@@ -116,3 +116,19 @@ def serve_metrics(addr: str, port: int, registry: CollectorRegistry, health: Hea
     server = make_server(addr, port, _health_app(make_wsgi_app(registry), health), Server, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, name="valora-metrics", daemon=True).start()
     return server
+
+
+def worker_listener(addr: str, port: int, bootstrap: str, database_url: str) -> Callable[[Any, Any], WSGIServer]:
+    """What `run_worker` calls with its registry and processor: the listener, ready when the
+    broker and the database answer and the ingest loop turns, failed once the loop crashed."""
+
+    def serve(registry: CollectorRegistry, processor: Any) -> WSGIServer:
+        health = Health(
+            heartbeat=lambda: processor.heartbeat,
+            stall_after_s=WORKER_STALL_AFTER_S,
+            checks={"broker": broker_check(bootstrap), "database": database_check(database_url)},
+            failure=lambda: None if processor.crash is None else str(processor.crash),
+        )
+        return serve_metrics(addr, port, registry, health)
+
+    return serve
