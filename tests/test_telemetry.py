@@ -83,6 +83,17 @@ def test_ready_only_when_the_loop_beats_and_every_check_passes(
     assert status == 503 and json.loads(body)["checks"]["loop"].startswith("stuck: no progress for 66 s")
 
 
+def test_loop_gauges_follow_the_heartbeat(served: tuple[str, FakeClock], state: dict[str, object]) -> None:
+    base, clock = served
+    text = get(base + "/metrics")[1].decode()
+    assert "valora_loop_heartbeat_age_seconds NaN" in text and "valora_loop_stalled 0.0" in text
+    state["beat"] = clock.now - 12
+    text = get(base + "/metrics")[1].decode()
+    assert "valora_loop_heartbeat_age_seconds 12.0" in text and "valora_loop_stalled 0.0" in text
+    clock.now += 60
+    assert "valora_loop_stalled 1.0" in get(base + "/metrics")[1].decode()
+
+
 def test_liveness_fails_once_the_loop_died(served: tuple[str, FakeClock], state: dict[str, object]) -> None:
     base, _ = served
     assert get(base + "/healthz") == (200, b'{"status": "ok", "failure": null}')

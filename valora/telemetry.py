@@ -3,7 +3,8 @@
 One small HTTP server per process, on `VALORA_METRICS_ADDR:VALORA_METRICS_PORT`:
 
 * `/metrics`: the process's registry (its own metrics plus prometheus_client's process
-  collector: `process_resident_memory_bytes`, `process_cpu_seconds_total`, ...);
+  collector: `process_resident_memory_bytes`, `process_cpu_seconds_total`, ..., and the main
+  loop's `valora_loop_heartbeat_age_seconds` and `valora_loop_stalled`);
 * `/healthz` (liveness): 200 while the process's main loop has not died;
 * `/readyz` (readiness): 200 when every dependency answers (the broker, the database) and
   the main loop has beaten within its stall limit, else 503. Both answer JSON naming each
@@ -25,7 +26,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, make_wsgi_app
 
 from valora.service_probes import broker_answers, postgres_problem
 
@@ -95,6 +96,21 @@ def _health_app(metrics_app: Callable[..., Iterable[bytes]], health: Health) -> 
     return app
 
 
+def _loop_gauges(registry: CollectorRegistry, health: Health) -> None:
+    """The main loop's heartbeat as metrics, computed at scrape time (no I/O, unlike /readyz)."""
+
+    def age() -> float:
+        beat = health.heartbeat()
+        return float("nan") if beat is None else max(0.0, health.clock() - beat)
+
+    Gauge(
+        "valora_loop_heartbeat_age_seconds", "Seconds since the main loop last stepped", registry=registry
+    ).set_function(age)
+    Gauge(
+        "valora_loop_stalled", "1 when the main loop has not stepped within its stall limit", registry=registry
+    ).set_function(lambda: float(age() > health.stall_after_s))
+
+
 class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # scrapes and probes every few seconds
         return None
@@ -107,6 +123,7 @@ def serve_metrics(addr: str, port: int, registry: CollectorRegistry, health: Hea
     CPU time and open file descriptors under prometheus_client's standard names.
     """
     ProcessCollector(registry=registry)
+    _loop_gauges(registry, health)
     family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
 
     class Server(ThreadingMixIn, WSGIServer):
