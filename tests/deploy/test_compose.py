@@ -22,8 +22,9 @@ from tests.deploy.promql import DEPLOY, PROMETHEUS_CONFIG, ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-SERVICES = {"kafka", "postgres", "migrate", "worker", "scheduler", "api", "prometheus", "grafana"}
-VALORA_SERVICES = {"migrate", "worker", "scheduler", "api"}
+SERVICES = {"kafka", "postgres", "migrate", "worker", "scheduler", "api", "prometheus", "grafana", "cli"}
+VALORA_SERVICES = {"migrate", "worker", "scheduler", "api", "cli"}
+LONG_RUNNING = {"kafka", "postgres", "worker", "scheduler", "api", "prometheus", "grafana"}
 SECRETS = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
 CODE_DIRS = ("valora", "streams", "invoicing", "rating", "schemas")
 
@@ -58,7 +59,8 @@ def example_env(tmp_path: Path, **override: str) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The project as Compose resolves it (interpolated, defaults applied), as JSON."""
-    proc = run_compose(example_env(tmp_path_factory.mktemp("compose")), "config", "--format", "json")
+    env = example_env(tmp_path_factory.mktemp("compose"))
+    proc = run_compose(env, "--profile", "tools", "config", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     return dict(json.loads(proc.stdout))
 
@@ -107,8 +109,9 @@ def test_runtime_lock_holds_the_same_pins_as_requirements_lock() -> None:
 
 def test_healthchecks_and_start_order(project: dict[str, Any]) -> None:
     services = project["services"]
-    for name in SERVICES - {"migrate"}:
+    for name in LONG_RUNNING:
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert services["cli"]["profiles"] == ["tools"]  # an admin shell: `docker compose up` never starts it
     for name in ("worker", "scheduler"):
         assert "/readyz" in " ".join(services[name]["healthcheck"]["test"])
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -124,7 +127,7 @@ def _cli_help(command: list[str]) -> subprocess.CompletedProcess[str]:
                           timeout=60)
 
 
-@pytest.mark.parametrize("service", sorted(VALORA_SERVICES))
+@pytest.mark.parametrize("service", sorted(VALORA_SERVICES - {"cli"}))
 def test_every_service_command_exists_in_the_cli(project: dict[str, Any], service: str) -> None:
     command = list(project["services"][service]["command"])
     words = [w for w in command if not w.startswith("-")]
