@@ -148,6 +148,13 @@ def _tune_interpreter() -> None:
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
 
 
+async def _end_offset(consumer: AIOKafkaConsumer, tp: Any) -> int | None:
+    try:
+        return (await consumer.end_offsets([tp])).get(tp)  # type: ignore[no-any-return]
+    except KafkaError:
+        return None
+
+
 async def ingest_loop(
     cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | None, should_stop: Callable[[], bool]
 ) -> None:
@@ -182,6 +189,8 @@ async def ingest_loop(
         }
         for tp, meta in commits.items():  # lag from the high watermark the last fetch reported
             highwater = consumer.highwater(tp)
+            if highwater is None:  # no fetch response recorded since the (re)assignment: ask the broker
+                highwater = await _end_offset(consumer, tp)
             if highwater is not None:
                 processor.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - meta.offset))
         oldest_ms = min((rs[0].timestamp for rs in job[1].values() if rs), default=None)  # in order per partition
