@@ -98,6 +98,19 @@ def test_valora_services_share_one_locked_non_root_image(project: dict[str, Any]
         assert "pip" not in " ".join(project["services"][name].get("command") or []), name
 
 
+def test_image_copies_every_package_the_project_builds() -> None:
+    """A new top-level package must reach the image; what the build reads must not be ignored."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\S+) \./", (ROOT / "Dockerfile").read_text(), flags=re.M))
+    assert packages <= copied, packages - copied
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    needed = {"pyproject.toml", "README.md", "LICENSE", "requirements-runtime.lock"} | packages
+    assert not needed & ignored, needed & ignored
+
+
 def test_runtime_lock_holds_the_same_pins_as_requirements_lock() -> None:
     def pins(path: Path) -> dict[str, str]:
         return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", path.read_text(), flags=re.M))
