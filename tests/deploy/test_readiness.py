@@ -60,3 +60,31 @@ def test_readiness_follows_the_database(
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+def test_worker_turns_unready_when_its_broker_goes(database_url: str, topic_prefix: str, tmp_path: Path) -> None:
+    """A broker of the test's own, stopped under the running worker: /readyz names the broker."""
+    from valora.devservices import start_broker
+
+    broker_proc, bootstrap = start_broker(tmp_path / "broker.log", detached=False)
+    port = free_port()
+    env = cli_env(bootstrap, database_url, topic_prefix, VALORA_METRICS_PORT=str(port))
+    run_cli(["db", "upgrade"], env)
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "valora.cli", "worker"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _readyz(port)[0] == 200, timeout_s=60, interval_s=0.2, message="worker never became ready")
+        broker_proc.terminate()
+        broker_proc.wait(timeout=15)
+        wait_for(lambda: _readyz(port)[0] == 503, timeout_s=30, interval_s=0.2,
+                 message="the worker stayed ready without its broker")
+        checks = _readyz(port)[1]["checks"]
+        assert isinstance(checks, dict)
+        assert checks["broker"] == f"broker {bootstrap} does not answer" and checks["database"] == "ok", checks
+    finally:
+        for p in (proc, broker_proc):
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=15)
+        log.close()
