@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -11,7 +14,9 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from tests.helpers import run_cli
 from valora import telemetry
+from valora.service_probes import ServiceError
 from valora.settings import Settings
 from valora.telemetry import Health, serve_metrics
 
@@ -152,3 +157,28 @@ def test_listener_binds_the_configured_address_only() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "no-such-host.invalid"])
+def test_a_port_in_use_or_a_bad_address_is_one_clear_error(addr: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServiceError, match=f"cannot serve metrics on {addr}:{port} .*VALORA_METRICS_ADDR"):
+            serve_metrics(addr, port, CollectorRegistry(), Health(lambda: None, 60))
+
+
+@pytest.mark.integration
+def test_the_cli_says_so_in_one_line(database_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VALORA_")} | {"VALORA_DATABASE_URL": database_url}
+    run_cli(["db", "upgrade"], env)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env["VALORA_METRICS_PORT"] = str(taken.getsockname()[1])
+        proc = subprocess.run([sys.executable, "-m", "valora.cli", "scheduler", "--once"], env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("valora: error: cannot serve metrics on 127.0.0.1:"), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr

@@ -28,7 +28,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, make_wsgi_app
 
-from valora.service_probes import broker_answers, postgres_problem
+from valora.service_probes import ServiceError, broker_answers, postgres_problem
 
 PROBE_TIMEOUT_S = 2.0  # each dependency check; compose's healthcheck timeout is above the sum
 WORKER_STALL_AFTER_S = 60.0  # the ingest loop beats at least every fetch (0.1 s idle); 60 s is stuck
@@ -119,18 +119,27 @@ class _Quiet(WSGIRequestHandler):
 def serve_metrics(addr: str, port: int, registry: CollectorRegistry, health: Health) -> WSGIServer:
     """Serve /metrics, /healthz and /readyz on addr:port from a daemon thread; returns the server.
 
+    Raises:
+        ServiceError: the address does not resolve or the port is taken (one line for the CLI).
+
     The process collector joins the registry here, so every Valora process reports its RSS,
     CPU time and open file descriptors under prometheus_client's standard names.
     """
+    try:
+        family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+        class Server(ThreadingMixIn, WSGIServer):
+            address_family = family  # `::` or an IPv6 address as well as IPv4
+            daemon_threads = True
+
+        server = make_server(addr, port, _health_app(make_wsgi_app(registry), health), Server, handler_class=_Quiet)
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); check VALORA_METRICS_ADDR "
+            "and VALORA_METRICS_PORT"
+        ) from None
     ProcessCollector(registry=registry)
     _loop_gauges(registry, health)
-    family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
-
-    class Server(ThreadingMixIn, WSGIServer):
-        address_family = family  # `::` or an IPv6 address as well as IPv4
-        daemon_threads = True
-
-    server = make_server(addr, port, _health_app(make_wsgi_app(registry), health), Server, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, name="valora-metrics", daemon=True).start()
     return server
 
