@@ -1,0 +1,114 @@
+"""What every route needs: the app's services, the caller (from the Bearer key) and JSON bodies.
+
+Authentication runs before anything about the request is parsed, so a request without a
+valid key is a 401 whatever its body; then the scope (403); then the input (422).
+Bodies are read here rather than by FastAPI so numbers parse as exact `Decimal`s (plans
+refuse binary floats) and so an invalid body cannot be reported before a missing key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
+
+from invoicing.operations.keys import Principal, authenticate
+from schemas.api import Scope
+from schemas.errors import InvalidParameter
+from streams.ingest import MAX_BODY_BYTES, EventProducer, PayloadTooLarge
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class ApiContext:
+    """The process's services, injected once when the app is built (tests pass their own)."""
+
+    engine: Engine
+    producer: EventProducer | None
+    clock: Callable[[], datetime]
+    future_tolerance: timedelta
+    bootstrap: str | None
+    ready: Callable[[], dict[str, bool]]
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.valora
+    return ctx
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def caller(scope: Scope) -> Any:
+    """A dependency: the authenticated caller, who must hold `scope`.
+
+    Raises (to the problem handler):
+        Unauthenticated: no valid key (401).
+        MissingScope: a valid key without `scope` (403).
+    """
+
+    def dependency(request: Request) -> Principal:
+        ctx = context(request)
+        principal = authenticate(ctx.engine, bearer(request), now=ctx.clock())
+        principal.require(scope)
+        request.state.principal = principal
+        return principal
+
+    dependency.__name__ = f"caller_{scope.value.replace(':', '_')}"
+    return Depends(dependency)
+
+
+def actor(principal: Principal) -> str:
+    """Who a change is recorded as: the API key, never a name the caller chose."""
+    return f"api-key:{principal.key_id}"
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON with exact decimals. Raises PayloadTooLarge, InvalidParameter("body")."""
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidParameter("body", f"not valid JSON: {exc}") from None
+
+
+def validated(model: type[M], data: Any) -> M:
+    """`data` as `model`, or InvalidParameter naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidParameter(where, str(err["msg"]).removeprefix("Value error, ")) from None
+
+
+def body_of(model: type[M]) -> Any:
+    """A dependency: the JSON body validated as `model` (after authentication, which is listed first)."""
+
+    async def dependency(request: Request) -> M:
+        return validated(model, await read_json(request))
+
+    dependency.__name__ = f"body_{model.__name__}"
+    return Depends(dependency)
+
+
+def raw_body() -> Any:
+    async def dependency(request: Request) -> Any:
+        return await read_json(request)
+
+    return Depends(dependency)
