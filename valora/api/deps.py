@@ -62,11 +62,31 @@ def caller(scope: Scope) -> Any:
         ctx = context(request)
         principal = authenticate(ctx.engine, bearer(request), now=ctx.clock())
         principal.require(scope)
+        for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+            check_text(name, value)
         request.state.principal = principal
         return principal
 
     dependency.__name__ = f"caller_{scope.value.replace(':', '_')}"
     return Depends(dependency)
+
+
+def check_text(field: str, value: Any) -> None:
+    """Refuse text Postgres cannot store: U+0000 and lone surrogates (not UTF-8). Raises InvalidParameter."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidParameter(field, "text may not contain U+0000")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParameter(field, "text must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(field, key)
+            check_text(f"{field}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_text(f"{field}[{index}]", item)
 
 
 def actor(principal: Principal) -> str:
@@ -82,9 +102,11 @@ async def read_json(request: Request) -> Any:
     if not body.strip():
         return {}
     try:
-        return json.loads(body, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json.loads(body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidParameter("body", f"not valid JSON: {exc}") from None
+    check_text("body", data)
+    return data
 
 
 def validated(model: type[M], data: Any) -> M:

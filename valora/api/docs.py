@@ -51,8 +51,8 @@ def body(ref: dict[str, Any], *media_types: str) -> dict[str, Any]:
 
 
 def problems(*statuses: str) -> dict[int | str, dict[str, Any]]:
-    """`responses=` entries: problem+json bodies for the given statuses (401/403 always)."""
-    wanted = ("401", "403", *statuses)
+    """`responses=` entries: problem+json bodies for the given statuses (401, 403 and 422 always)."""
+    wanted = ("401", "403", "422", *statuses)
     return {
         int(s): {
             "description": PROBLEM_STATUSES.get(s, "Problem"),
