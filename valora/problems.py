@@ -87,7 +87,11 @@ TABLE: dict[type[BaseException], ErrorKind] = {
 
 def kind_of(exc: BaseException) -> ErrorKind:
     """The table entry of the exception's nearest listed class (500 for anything else)."""
-    for cls in type(exc).__mro__:
+    return kind_for_class(type(exc))
+
+
+def kind_for_class(error: type[BaseException]) -> ErrorKind:
+    for cls in error.__mro__:
         if cls in TABLE:
             return TABLE[cls]
     return TABLE[InternalError]

@@ -78,7 +78,7 @@ def route_scopes(app: FastAPI) -> list[tuple[str, str, str]]:
             name = getattr(dep.call, "__name__", "")
             if name.startswith("caller_"):
                 scope = name.removeprefix("caller_").replace("_", ":", 1)
-                out += [(route.path, method.lower(), scope) for method in route.methods]
+                out += [(route.path, method.lower(), scope) for method in route.methods or ()]
     return out
 
 

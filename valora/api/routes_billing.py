@@ -174,7 +174,9 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in accept and "application/json" not in accept
 
 
-_HTML = {200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The invoice"}}
+_HTML: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "JSON, or the HTML page"}
+}
 
 
 @router.get(
