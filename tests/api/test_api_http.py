@@ -161,3 +161,13 @@ def test_ingestion_limits_are_413_and_unknown_media_types_415(world: ApiWorld) -
     assert plain.status_code == 415 and plain.json()["code"] == "unsupported_media_type"
     not_json = client.post("/v1/events", content=b"[{", headers={"content-type": "application/json"})
     assert not_json.status_code == 422 and not_json.json()["field"] == "body"
+
+
+def test_every_body_has_the_size_limit(world: ApiWorld) -> None:
+    client = world.client(world.a.key)
+    big = b'{"name": "' + b"x" * 1_100_000 + b'"}'
+    for response in (
+        client.put("/v1/customers/a_cus", content=big, headers={"content-type": "application/json"}),
+        client.post(f"/v1/invoices/{world.a.invoice_id}/credit-notes", content=iter([big[:600_000], big[600_000:]])),
+    ):
+        assert response.status_code == 413 and response.json()["code"] == "payload_too_large", response.text

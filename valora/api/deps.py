@@ -94,11 +94,23 @@ def actor(principal: Principal) -> str:
     return f"api-key:{principal.key_id}"
 
 
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (PayloadTooLarge) past MAX_BODY_BYTES without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"request body is over the limit of {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_json(request: Request) -> Any:
     """The request body as JSON with exact decimals. Raises PayloadTooLarge, InvalidParameter("body")."""
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    body = await read_body(request)
     if not body.strip():
         return {}
     try:

@@ -35,8 +35,8 @@ from schemas.api import (
     Window,
 )
 from schemas.events import CloudEvent, NativeEvent
-from streams.ingest import MAX_BATCH, MAX_BODY_BYTES, PayloadTooLarge, check_events, split_body
-from valora.api.deps import actor, body_of, caller, context
+from streams.ingest import MAX_BATCH, MAX_BODY_BYTES, check_events, split_body
+from valora.api.deps import actor, body_of, caller, context, read_body
 from valora.api.docs import REF, body, model_ref, problems
 from valora.problems import UnsupportedMediaType
 
@@ -84,10 +84,7 @@ async def post_events(request: Request, principal: Principal = caller(Scope.EVEN
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if media not in _EVENT_TYPES:
         raise UnsupportedMediaType(f"content type {media!r}: use one of {', '.join(_EVENT_TYPES)}")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
-    values = split_body(await request.body(), expect=_EVENT_TYPES[media])
+    values = split_body(await read_body(request), expect=_EVENT_TYPES[media])
     checked = check_events(
         principal.organization,
         values,
