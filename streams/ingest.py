@@ -167,6 +167,7 @@ class EventProducer:
         self._stop.set()
         self._thread.join(timeout=timeout_s)
         self._producer.flush(timeout_s)
+        self._producer.close()  # stops librdkafka's threads now, not whenever the object is collected
 
 
 def _settle(future: asyncio.Future[str | None], error: str | None) -> None:
