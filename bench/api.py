@@ -7,17 +7,17 @@ One run, on the same machine and broker:
 * `events_per_s`, `p50_ms`, `p99_ms`: this process (separate from the API's) posts the events
   to `POST /v1/events` in batches of 100 with `CONCURRENCY` requests in flight; latency is per
   batch, from send to the 202 (which the API gives once Kafka acknowledged every event);
-* `usage_p99_ms`: meanwhile a thread reads `GET /v1/subscriptions/{id}/usage` in a loop.
+* `usage_p99_ms`: meanwhile another process reads `GET /v1/subscriptions/{id}/usage` in a loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -109,15 +109,18 @@ async def _drive(host: str, port: int, secret: str, bodies: list[bytes]) -> tupl
     return time.perf_counter() - started, latencies
 
 
-def _read_usage(base: str, secret: str, stop: threading.Event, out: list[float]) -> None:
+def _read_usage(base: str, secret: str, stop: Any, out: Any) -> None:
+    """Read the usage in a loop until `stop` is set, then send the latencies back (own process)."""
+    latencies: list[float] = []
     with httpx.Client(base_url=base, headers={"authorization": f"Bearer {secret}"}, timeout=30) as client:
         while not stop.is_set():
             sent = time.perf_counter()
             response = client.get("/v1/subscriptions/s0/usage")
-            out.append(time.perf_counter() - sent)
+            latencies.append(time.perf_counter() - sent)
             if response.status_code not in (200, 409):
                 raise RuntimeError(f"GET usage answered {response.status_code}: {response.text[:200]}")
             stop.wait(0.02)
+    out.send(latencies)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -160,14 +163,19 @@ def run_api_bench(settings: Any, *, events: int) -> dict[str, Any]:
            "VALORA_EVENTS_TOPIC": topic, "VALORA_TOPIC_PARTITIONS": str(PARTITIONS)}
     base = f"http://127.0.0.1:{PORT}"
     api = _start_api(env, base)
+    # The usage reader runs in a process of its own, so its latencies are the API's, not this
+    # process's GIL shared with the posting loop.
+    ctx = multiprocessing.get_context("spawn")
+    stop, (receive, send) = ctx.Event(), ctx.Pipe(duplex=False)
+    reader = ctx.Process(target=_read_usage, args=(base, secret, stop, send), daemon=True)
     usage_latencies: list[float] = []
-    stop = threading.Event()
-    reader = threading.Thread(target=_read_usage, args=(base, secret, stop, usage_latencies), daemon=True)
     try:
         reader.start()
         elapsed, latencies = asyncio.run(_drive("127.0.0.1", PORT, secret, bodies))
     finally:
         stop.set()
+        if receive.poll(30):
+            usage_latencies = receive.recv()
         reader.join(timeout=30)
         api.terminate()
         api.wait(timeout=30)

@@ -185,7 +185,8 @@ def authenticate(engine: Engine, secret: str | None, *, now: datetime) -> Princi
     match = _SECRET.match(secret or "")
     if match is None:
         raise Unauthenticated("missing or malformed API key: send 'Authorization: Bearer vk_…'")
-    with engine.connect() as conn:
+    # Autocommit: one statement, so no BEGIN/ROLLBACK round trips around it on every request.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         row = conn.execute(
             select(
                 ApiKeyRow.organization_id,
