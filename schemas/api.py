@@ -375,15 +375,19 @@ def utc_text(value: datetime) -> str:
 
 class MeterList(_Read):
     data: list[MeterOut]
+    next_cursor: str | None
 
 
 class PlanList(_Read):
     data: list[PlanOut]
+    next_cursor: str | None
 
 
 class CustomerList(_Read):
     data: list[CustomerOut]
+    next_cursor: str | None
 
 
 class SubscriptionList(_Read):
     data: list[SubscriptionOut]
+    next_cursor: str | None

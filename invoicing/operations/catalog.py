@@ -13,6 +13,7 @@ the organization already.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,15 +23,20 @@ from sqlalchemy.orm import Session
 from invoicing import models as m
 from invoicing import subscriptions as subs
 from invoicing.catalog import apply_catalog, parse_catalog
+from invoicing.operations.invoices import DEFAULT_LIMIT, check_limit, decode_cursor, encode_cursor
 from invoicing.plan_changes import change_plan
 from invoicing.subscriptions import SubscriptionNotFound
 from schemas.api import (
     CancelRequest,
     ChangePlanRequest,
+    CustomerList,
     CustomerOut,
+    MeterList,
     MeterOut,
+    PlanList,
     PlanOut,
     RevokeCancelRequest,
+    SubscriptionList,
     SubscriptionOut,
 )
 from schemas.errors import InvalidParameter, ResourceNotFound
@@ -65,10 +71,30 @@ def _meter(row: m.Meter) -> MeterOut:
     )
 
 
-def list_meters(engine: Engine, organization: str) -> list[MeterOut]:
+@dataclass(frozen=True)
+class Page:
+    """Which page of a list: at most `limit` entries after the one `cursor` names (ordered by id)."""
+
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+
+
+def _paged(session: Session, query: Any, key: Any, page: Page) -> tuple[list[Any], str | None]:
+    """Rows of `query` ordered by `key` (a unique column), one page of them, and the next page's cursor."""
+    check_limit(page.limit)
+    if page.cursor is not None:
+        (after,) = decode_cursor(page.cursor, 1)
+        query = query.where(key > str(after))
+    rows = list(session.scalars(query.order_by(key).limit(page.limit + 1)))
+    more, rows = len(rows) > page.limit, rows[: page.limit]
+    return rows, (encode_cursor([getattr(rows[-1], key.key)]) if more else None)
+
+
+def list_meters(engine: Engine, organization: str, page: Page) -> MeterList:
     with Session(engine) as session:
-        rows = session.scalars(select(m.Meter).where(m.Meter.organization_id == organization).order_by(m.Meter.key))
-        return [_meter(r) for r in rows]
+        query = select(m.Meter).where(m.Meter.organization_id == organization)
+        rows, nxt = _paged(session, query, m.Meter.key, page)
+        return MeterList(data=[_meter(r) for r in rows], next_cursor=nxt)
 
 
 def get_meter(engine: Engine, organization: str, key: str) -> MeterOut:
@@ -84,10 +110,11 @@ def put_meter(engine: Engine, organization: str, key: str, body: Any) -> MeterOu
     return get_meter(engine, organization, key)
 
 
-def list_plans(engine: Engine, organization: str) -> list[PlanOut]:
+def list_plans(engine: Engine, organization: str, page: Page) -> PlanList:
     with Session(engine) as session:
-        rows = session.scalars(select(m.Plan).where(m.Plan.organization_id == organization).order_by(m.Plan.code))
-        return [PlanOut(code=r.code, currency=r.currency, spec=r.spec) for r in rows]
+        query = select(m.Plan).where(m.Plan.organization_id == organization)
+        rows, nxt = _paged(session, query, m.Plan.code, page)
+        return PlanList(data=[PlanOut(code=r.code, currency=r.currency, spec=r.spec) for r in rows], next_cursor=nxt)
 
 
 def get_plan(engine: Engine, organization: str, code: str) -> PlanOut:
@@ -103,12 +130,11 @@ def put_plan(engine: Engine, organization: str, code: str, body: Any) -> PlanOut
     return get_plan(engine, organization, code)
 
 
-def list_customers(engine: Engine, organization: str) -> list[CustomerOut]:
+def list_customers(engine: Engine, organization: str, page: Page) -> CustomerList:
     with Session(engine) as session:
-        rows = session.scalars(
-            select(m.Customer).where(m.Customer.organization_id == organization).order_by(m.Customer.id)
-        )
-        return [CustomerOut(id=r.id, name=r.name) for r in rows]
+        query = select(m.Customer).where(m.Customer.organization_id == organization)
+        rows, nxt = _paged(session, query, m.Customer.id, page)
+        return CustomerList(data=[CustomerOut(id=r.id, name=r.name) for r in rows], next_cursor=nxt)
 
 
 def get_customer(engine: Engine, organization: str, customer_id: str) -> CustomerOut:
@@ -124,13 +150,16 @@ def put_customer(engine: Engine, organization: str, customer_id: str, body: Any)
     return get_customer(engine, organization, customer_id)
 
 
-def list_subscriptions(engine: Engine, organization: str, *, customer: str | None = None) -> list[SubscriptionOut]:
+def list_subscriptions(
+    engine: Engine, organization: str, page: Page, *, customer: str | None = None
+) -> SubscriptionList:
     with Session(engine) as session:
-        query = select(m.Subscription.id).where(m.Subscription.organization_id == organization)
+        query = select(m.Subscription).where(m.Subscription.organization_id == organization)
         if customer is not None:
             query = query.where(m.Subscription.customer_id == customer)
-        ids = list(session.scalars(query.order_by(m.Subscription.id)))
-    return [get_subscription(engine, organization, sid) for sid in ids]
+        rows, nxt = _paged(session, query, m.Subscription.id, page)
+        ids = [r.id for r in rows]
+    return SubscriptionList(data=[get_subscription(engine, organization, sid) for sid in ids], next_cursor=nxt)
 
 
 def get_subscription(engine: Engine, organization: str, sub_id: str) -> SubscriptionOut:

@@ -77,7 +77,7 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
     return key
 
 
-def _check_limit(limit: int) -> None:
+def check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidParameter("limit", f"must be from 1 to {MAX_LIMIT}")
 
@@ -113,7 +113,7 @@ def invoice_document(engine: Engine, organization: str, id_or_number: str) -> tu
 
 def list_invoices(engine: Engine, organization: str, flt: InvoiceFilter) -> InvoicePage:
     """One page of the organization's invoices, ordered by (period start, id)."""
-    _check_limit(flt.limit)
+    check_limit(flt.limit)
     inv = m.Invoice
     query = select(inv).where(inv.organization_id == organization)
     if flt.customer is not None:
@@ -195,7 +195,7 @@ def _text(raw: bytes | None) -> str | None:
 
 def dead_letters(engine: Engine, organization: str, *, limit: int, cursor: str | None) -> DeadLetterPage:
     """The organization's rejected records (those whose key named it), by topic, partition and offset."""
-    _check_limit(limit)
+    check_limit(limit)
     dl = m.DeadLetter
     query = select(dl).where(dl.organization_id == organization)
     if cursor is not None:

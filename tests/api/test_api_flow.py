@@ -108,6 +108,13 @@ def test_catalog_and_subscription_changes_through_the_api(world: ApiWorld) -> No
     assert canceled.json()["cancel_at_period_end"] is True
     assert client.post("/v1/subscriptions/a_sub2/revoke-cancel", json={}).json()["cancel_at_period_end"] is False
     assert [s["id"] for s in client.get("/v1/subscriptions").json()["data"]] == ["a_sub", "a_sub2"]
+    first_page = client.get("/v1/subscriptions", params={"limit": 1}).json()
+    assert [s["id"] for s in first_page["data"]] == ["a_sub"] and first_page["next_cursor"]
+    rest = client.get("/v1/subscriptions", params={"limit": 1, "cursor": first_page["next_cursor"]}).json()
+    assert [s["id"] for s in rest["data"]] == ["a_sub2"] and rest["next_cursor"] is None
+    meters = client.get("/v1/meters", params={"limit": 2}).json()
+    more = client.get("/v1/meters", params={"cursor": meters["next_cursor"]}).json()["data"]
+    assert [x["key"] for x in meters["data"] + more] == ["a_calls", "a_storage", "a_tokens"]
     assert client.get("/v1/subscriptions", params={"customer": "a_cus2"}).json()["data"][0]["id"] == "a_sub2"
 
 

@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from invoicing.operations import catalog as ops
+from invoicing.operations.invoices import DEFAULT_LIMIT, MAX_LIMIT
 from invoicing.operations.keys import Principal
 from schemas import catalog as c
 from schemas.api import (
@@ -32,12 +33,15 @@ from valora.api.deps import actor, body_of, caller, context, raw_body
 from valora.api.docs import body, catalog_ref, model_ref, problems
 
 router = APIRouter()
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="entries per page")]
 READ, WRITE, SUBS = Scope.CATALOG_READ, Scope.CATALOG_WRITE, Scope.SUBSCRIPTIONS_WRITE
 
 
-@router.get("/v1/meters", response_model=MeterList, responses=problems(), summary="List meters")
-def list_meters(request: Request, principal: Principal = caller(READ)) -> MeterList:
-    return MeterList(data=ops.list_meters(context(request).engine, principal.organization))
+@router.get("/v1/meters", response_model=MeterList, responses=problems(), summary="List meters (cursor pages by key)")
+def list_meters(
+    request: Request, limit: Limit = DEFAULT_LIMIT, cursor: str | None = None, principal: Principal = caller(READ)
+) -> MeterList:
+    return ops.list_meters(context(request).engine, principal.organization, ops.Page(limit, cursor))
 
 
 @router.get("/v1/meters/{meter}", response_model=MeterOut, responses=problems("404"), summary="One meter")
@@ -59,8 +63,10 @@ def put_meter(
 
 
 @router.get("/v1/plans", response_model=PlanList, responses=problems(), summary="List plans")
-def list_plans(request: Request, principal: Principal = caller(READ)) -> PlanList:
-    return PlanList(data=ops.list_plans(context(request).engine, principal.organization))
+def list_plans(
+    request: Request, limit: Limit = DEFAULT_LIMIT, cursor: str | None = None, principal: Principal = caller(READ)
+) -> PlanList:
+    return ops.list_plans(context(request).engine, principal.organization, ops.Page(limit, cursor))
 
 
 @router.get("/v1/plans/{plan}", response_model=PlanOut, responses=problems("404"), summary="One plan")
@@ -80,8 +86,10 @@ def put_plan(request: Request, plan: str, principal: Principal = caller(WRITE), 
 
 
 @router.get("/v1/customers", response_model=CustomerList, responses=problems(), summary="List customers")
-def list_customers(request: Request, principal: Principal = caller(READ)) -> CustomerList:
-    return CustomerList(data=ops.list_customers(context(request).engine, principal.organization))
+def list_customers(
+    request: Request, limit: Limit = DEFAULT_LIMIT, cursor: str | None = None, principal: Principal = caller(READ)
+) -> CustomerList:
+    return ops.list_customers(context(request).engine, principal.organization, ops.Page(limit, cursor))
 
 
 @router.get("/v1/customers/{customer}", response_model=CustomerOut, responses=problems("404"), summary="One customer")
@@ -104,11 +112,14 @@ def put_customer(
 
 @router.get("/v1/subscriptions", response_model=SubscriptionList, responses=problems(), summary="List subscriptions")
 def list_subscriptions(
-    request: Request, customer: str | None = None, principal: Principal = caller(READ)
+    request: Request,
+    customer: str | None = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: str | None = None,
+    principal: Principal = caller(READ),
 ) -> SubscriptionList:
-    return SubscriptionList(
-        data=ops.list_subscriptions(context(request).engine, principal.organization, customer=customer)
-    )
+    page = ops.Page(limit, cursor)
+    return ops.list_subscriptions(context(request).engine, principal.organization, page, customer=customer)
 
 
 @router.get(
