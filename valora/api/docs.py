@@ -32,6 +32,11 @@ def _register(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"$ref": REF.format(model=name)}
 
 
+def register_components(schemas: dict[str, Any]) -> None:
+    """Schemas referenced as `#/components/schemas/<name>` by hand-written request bodies."""
+    _COMPONENTS.update(schemas)
+
+
 def model_ref(model: type[BaseModel]) -> dict[str, Any]:
     return _register(model.__name__, model.model_json_schema(ref_template=REF))
 

@@ -37,7 +37,7 @@ from schemas.api import (
 from schemas.events import CloudEvent, NativeEvent
 from streams.ingest import MAX_BATCH, MAX_BODY_BYTES, check_events, split_body
 from valora.api.deps import actor, body_of, caller, context, read_body
-from valora.api.docs import REF, body, model_ref, problems
+from valora.api.docs import REF, body, model_ref, problems, register_components
 from valora.problems import UnsupportedMediaType
 
 router = APIRouter()
@@ -53,9 +53,7 @@ def _event_body_doc() -> dict[str, Any]:
     (native, cloud), components = msgspec.json.schema_components(
         [NativeEvent, CloudEvent], ref_template=REF.replace("{model}", "{name}")
     )
-    from valora.api import docs
-
-    docs._COMPONENTS.update(components)
+    register_components(components)
     single = {"oneOf": [native, cloud]}
     many = {"type": "array", "items": single, "minItems": 1, "maxItems": MAX_BATCH}
     content = {
