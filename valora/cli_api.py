@@ -33,14 +33,21 @@ def build_app(settings: Any, *, bootstrap: str, engine: Any) -> Any:
 
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
+    from sqlalchemy import create_engine
 
-    from invoicing.db import connect
+    from invoicing.db import connect, normalize_url
     from streams.worker import ensure_topics
     from valora.cli_common import resolve_database_url
 
     settings = load_settings()
     bootstrap = resolve_bootstrap(settings)
-    engine = connect(resolve_database_url(settings), pool_size=API_POOL)
+    database_url = resolve_database_url(settings)
+    connect(database_url).dispose()  # refuses an out-of-date schema before serving anything
+    # No pre-ping: it is a round trip on every request (~25% of a usage read). A connection that
+    # died with its server fails one request with a 503, and SQLAlchemy then renews the whole pool.
+    engine = create_engine(
+        normalize_url(database_url), pool_size=API_POOL, pool_pre_ping=False, connect_args={"connect_timeout": 5}
+    )
     ensure_topics(bootstrap, {settings.events_topic: settings.partitions})
     app = build_app(settings, bootstrap=bootstrap, engine=engine)
     host = args.host or os.environ.get("VALORA_API_HOST") or DEFAULT_HOST
