@@ -13,6 +13,7 @@
     ├── ApiKeyNotFound (LookupError) code "api_key_not_found"    (invoicing.operations.keys)
     ├── NoCurrentPeriod              code "no_current_period"    (invoicing.operations.usage)
     ├── PayloadTooLarge              code "payload_too_large"    (streams.ingest)
+    ├── BrokerUnavailable            code "broker_unavailable"   (streams.ingest)
     ├── DatabaseUnavailable          code "database_unavailable" (invoicing.db)
     ├── SchemaOutOfDate              code "schema_out_of_date"   (invoicing.db)
     ├── IllegalTransition            code "illegal_transition"   (invoicing.lifecycle)
