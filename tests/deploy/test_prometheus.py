@@ -344,6 +344,8 @@ def test_api_panels_have_data(live: Live) -> None:
     buckets = live.series("valora_api_request_duration_seconds_bucket")
     assert {"route", "method", "le"} <= set().union(*(s.keys() for s in buckets))
     assert not any("acme" in json.dumps(s) for s in live.series('{__name__=~"valora_api_.*"}'))
+    assert live.value('sum(process_resident_memory_bytes{job="valora-api"})') > 10_000_000
+    assert live.value('sum(valora_api_requests_total{status="401"})') >= 2  # the unauthenticated requests
 
 
 @pytest.mark.parametrize(
