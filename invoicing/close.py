@@ -25,13 +25,10 @@ as the grace has passed. The invoice keeps the billing period's dates; flat char
 prorated to the active window `[max(start_at, trial_end), end_at)` within it.
 
 Trials: flat charges are never billed before `trial_end`. When the plan does not bill
-trial usage (`trial_usage_billed: false`), a period that starts before `trial_end` is
-rated with no usage, and late usage for such a period stays unbilled. Limitation: usage
-totals are kept per billing period, not split at `trial_end`, so a period that straddles
-the trial's end bills none of its usage, including the days after the trial. We chose to
-under-bill rather than charge usage the plan promised free; the catalog anchors a trial
-subscription's periods on its `trial_end` by default, so only an explicit
-`billing_anchor` makes a period straddle it.
+trial usage (`trial_usage_billed: false`), usage is kept apart at `trial_end` like at a plan
+change (`rating.timeline.usage_windows`): the trial's window is rated with no usage and the
+rest of a period that straddles the trial's end bills its own usage. Late usage of a trial
+window stays unbilled.
 
 A period whose rating fails does not block the batch: it gets a `close_failures`
 record and a retry time with exponential backoff, and the rest is invoiced.
@@ -47,15 +44,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from sqlalchemy import Engine, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.invoice_rows import BilledLine, ClosingItem, write_invoices
-from invoicing.period_rating import PlanHistory, opening_lines, period_lines, segments
+from invoicing.period_rating import PlanHistory, SubscriptionTerms, late_lines, opening_lines, period_lines, segments
 from invoicing.subscriptions import cursor_due_at, record_period_end
-from rating import Period, from_minor, period_containing, rate_charge
+from rating import Period, period_containing
+from rating.aggregation import EMPTY, Total, billable, fold
+from schemas.catalog import Aggregation
 from schemas.plans import Plan, load_plan
 
 RETRY_BASE = timedelta(seconds=30)
@@ -118,7 +118,7 @@ def _close_totals(session: Session, items: list[ClosingItem], histories: dict[tu
     rows = [
         (i.sub.organization_id, i.sub.id, meter, i.period.start, part.key, i.period.end)
         for i in items
-        for part in segments(i.sub, histories[(i.sub.organization_id, i.sub.id)], i.period)
+        for part in segments(SubscriptionTerms.of(i.sub), histories[(i.sub.organization_id, i.sub.id)], i.period)
         for meter in sorted({ch.meter for ch in part.plan.charges if ch.meter})
     ]
     usage: Usage = defaultdict(lambda: defaultdict(dict))
@@ -183,65 +183,101 @@ def _late_lines(
 ) -> dict[str, list[BilledLine]]:
     """Adjustment lines for usage that arrived after its period was invoiced, per invoice id.
 
-    The adjustment is what the late usage adds to the charge's billed amount in its own
-    period: billed(final + late) − billed(final), in minor units, so tiers, free units
-    and minimums stay exact and the two invoices together equal one on-time invoice.
+    For each earlier period with unbilled late usage: fold the late events into the totals
+    that period's invoices billed (its closed totals plus late usage billed before, through
+    `rating.aggregation`), and bill what the period's rating says the difference is
+    (`invoicing.period_rating.late_lines`). Late usage of a trial window whose plan does not
+    bill trial usage stays unbilled.
     """
     by_sub = {(i.sub.organization_id, i.sub.id): i for i in items}
-    keys = list(by_sub)
-    # Late usage of a period whose usage the trial made free is not billed either (it stays unbilled).
-    free_before = [by_sub[k].sub.trial_end if not by_sub[k].plan.trial_usage_billed else None for k in keys]
-    late = session.execute(
+    rows = session.execute(
         text(
-            "UPDATE late_usage l SET billed_invoice_id = u.inv FROM unnest(CAST(:o AS text[]), CAST(:s AS text[]), "
-            "CAST(:inv AS text[]), CAST(:fb AS timestamptz[])) AS u(o, s, inv, fb) "
-            "WHERE l.organization_id = u.o AND l.subscription_id = u.s "
-            "AND l.billed_invoice_id IS NULL AND (u.fb IS NULL OR l.period_start >= u.fb) "
-            "RETURNING l.organization_id, l.subscription_id, l.meter_key, l.period_start, l.period_end, "
-            "l.segment_start, l.value"
+            "SELECT l.organization_id, l.subscription_id, l.period_start, l.period_end, l.segment_start, l.meter_key, "
+            "l.dedup_key, l.aggregation, l.value, l.event_time, l.event_id, l.billed_invoice_id IS NOT NULL "
+            "FROM late_usage l JOIN unnest(CAST(:o AS text[]), CAST(:s AS text[])) AS u(o, s) "
+            "ON l.organization_id = u.o AND l.subscription_id = u.s "
+            "WHERE (l.organization_id, l.subscription_id, l.period_start) IN (SELECT organization_id, subscription_id, "
+            "period_start FROM late_usage WHERE billed_invoice_id IS NULL) FOR UPDATE OF l"
         ),
-        {
-            "o": [k[0] for k in keys],
-            "s": [k[1] for k in keys],
-            "inv": [by_sub[k].invoice_id for k in keys],
-            "fb": free_before,
-        },
+        {"o": [k[0] for k in by_sub], "s": [k[1] for k in by_sub]},
     ).all()
-    grouped: dict[tuple[str, str, datetime, datetime, datetime, str], Decimal] = defaultdict(Decimal)
-    for org, sub, meter, ps, pe, segment, value in late:
-        grouped[(org, sub, ps, pe, segment, meter)] += value
+    periods: dict[tuple[str, str, datetime, datetime], list[LateRow]] = defaultdict(list)
+    for row in rows:
+        late = LateRow(*row[5:])
+        periods[(row[0], row[1], row[2], row[3])].append(late._replace(segment=row[4]))
     out: dict[str, list[BilledLine]] = defaultdict(list)
-    for (org, sub, ps, pe, segment, meter), extra in sorted(grouped.items()):
-        item = by_sub[(org, sub)]
-        plan = histories[(org, sub)].plan_at(segment)  # the plan in force when the usage happened
-        base = session.execute(
+    billing: list[tuple[str, str, str, str, str]] = []
+    for (org, sub_id, ps, pe), late_rows in sorted(periods.items()):
+        item, history = by_sub[(org, sub_id)], histories[(org, sub_id)]
+        terms, period = SubscriptionTerms.of(item.sub), Period(ps, pe)
+        billed_keys = {w.key for w in segments(terms, history, period) if w.usage_billed}
+        new = [r for r in late_rows if not r.billed and r.segment in billed_keys]
+        if not new:
+            continue
+        closed = _closed_totals(session, org, sub_id, ps)
+        before = _fold_late(closed, [r for r in late_rows if r.billed])
+        after = _fold_late(before, new)
+        out[item.invoice_id] += late_lines(terms, history, period, _quantities(before), _quantities(after))
+        billing += [(org, r.dedup_key, sub_id, r.meter, item.invoice_id) for r in new]
+    if billing:
+        cols = [list(col) for col in zip(*billing, strict=True)]
+        session.execute(
             text(
-                "SELECT quantity FROM usage_totals WHERE organization_id = :o AND subscription_id = :s "
-                "AND meter_key = :mk AND period_start = :ps AND segment_start = :ss"
+                "UPDATE late_usage l SET billed_invoice_id = u.inv FROM unnest(CAST(:o AS text[]), CAST(:d AS text[]), "
+                "CAST(:s AS text[]), CAST(:mk AS text[]), CAST(:inv AS text[])) AS u(o, d, s, mk, inv) "
+                "WHERE l.organization_id = u.o AND l.dedup_key = u.d AND l.subscription_id = u.s AND l.meter_key = u.mk"
             ),
-            {"o": org, "s": sub, "mk": meter, "ps": ps, "ss": segment},
-        ).scalar()
-        base = base if base is not None else Decimal(0)
-        suffix = "" if segment == ps else f"@{segment:%Y%m%dT%H%M%S}"
-        for charge in plan.charges:
-            if charge.meter != meter:
-                continue
-            before = sum(line.amount_minor for line in rate_charge(charge, base, plan.currency))
-            after = sum(line.amount_minor for line in rate_charge(charge, base + extra, plan.currency))
-            out[item.invoice_id].append(
-                BilledLine(
-                    line_key=f"late:{ps:%Y%m%dT%H%M%S}:{charge.key}{suffix}",
-                    charge=charge.key,
-                    kind="adjustment",
-                    quantity=extra,
-                    amount=from_minor(after - before, plan.currency),
-                    amount_minor=after - before,
-                    description=f"Late usage for {ps:%Y-%m-%d} – {pe:%Y-%m-%d}: {extra} more {meter}",
-                    service_start=ps,
-                    service_end=pe,
-                )
-            )
+            {"o": cols[0], "d": cols[1], "s": cols[2], "mk": cols[3], "inv": cols[4]},
+        )
     return out
+
+
+class LateRow(NamedTuple):
+    """One late event's contribution to one meter, as `late_usage` stores it."""
+
+    meter: str
+    dedup_key: str
+    aggregation: str
+    value: Decimal
+    time: datetime
+    event_id: str
+    billed: bool
+    segment: datetime | None = None
+
+
+Totals = dict[tuple[datetime, str], Total]  # (segment key, meter) → the total so far
+
+
+def _closed_totals(session: Session, org: str, sub: str, period_start: datetime) -> Totals:
+    """The closed usage totals of one period, per (segment key, meter)."""
+    result = session.execute(
+        text(
+            "SELECT segment_start, meter_key, quantity, event_count, latest_time, latest_event FROM usage_totals "
+            "WHERE organization_id = :o AND subscription_id = :s AND period_start = :ps"
+        ),
+        {"o": org, "s": sub, "ps": period_start},
+    )
+    return {(seg, meter): Total(qty, count, ltime, levent) for seg, meter, qty, count, ltime, levent in result}
+
+
+def _fold_late(totals: Totals, late: list[LateRow]) -> Totals:
+    """`totals` with the late rows folded in, per (segment key, meter), by each meter's aggregation."""
+    groups: dict[tuple[datetime, str], list[LateRow]] = defaultdict(list)
+    for row in late:
+        assert row.segment is not None
+        groups[(row.segment, row.meter)].append(row)
+    out = dict(totals)
+    for key, rows in groups.items():
+        aggregation = Aggregation(rows[0].aggregation)
+        out[key] = fold(aggregation, rows, out.get(key, EMPTY))
+    return out
+
+
+def _quantities(totals: Totals) -> dict[datetime, dict[str, Decimal]]:
+    usage: dict[datetime, dict[str, Decimal]] = defaultdict(dict)
+    for (segment, meter), total in totals.items():
+        usage[segment][meter] = billable(total)
+    return usage
 
 
 def _advance(sub: m.Subscription, plan: Plan, period: Period) -> None:
@@ -357,9 +393,11 @@ def _rate_items(
         history = histories[(sub.organization_id, sub.id)]
         try:
             if item.billing_reason == "opening":
-                bill = opening_lines(sub, history, item.period)
+                bill = opening_lines(SubscriptionTerms.of(sub), history, item.period)
             else:
-                bill = period_lines(sub, history, item.period, usage[(sub.organization_id, sub.id)])
+                bill = period_lines(
+                    SubscriptionTerms.of(sub), history, item.period, usage[(sub.organization_id, sub.id)]
+                )
         except Exception as exc:  # one poison item must not block the rest: record it, retry later
             summary.errors.append(_record_failure(session, item, exc, now))
             summary.failed += 1

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.numbering import format_number, reserve_numbers
-from rating import Period, RatedLine, TierLine, WindowedLine
+from rating import LineKind, Period, RatedLine, TierLine, WindowedLine
 from schemas.plans import Plan
 
 
@@ -29,7 +29,7 @@ class BilledLine:
 
     line_key: str
     charge: str
-    kind: str
+    kind: LineKind
     quantity: Decimal
     amount: Decimal
     amount_minor: int
@@ -54,7 +54,7 @@ class BilledLine:
         return cls(
             line.line_key,
             line.charge,
-            line.kind.value,
+            line.kind,
             line.quantity,
             line.amount,
             line.amount_minor,

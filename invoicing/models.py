@@ -234,7 +234,10 @@ class UsageUniqueValue(Base):
 
 
 class LateUsage(Base):
-    """Usage that arrived after its period was invoiced; billed on the next invoice."""
+    """Usage that arrived after its period was invoiced; billed on the next invoice.
+
+    Each row keeps what folding it into the billed total needs (`rating.aggregation`).
+    """
 
     __tablename__ = "late_usage"
     organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -244,8 +247,17 @@ class LateUsage(Base):
     period_start: Mapped[datetime] = mapped_column(TS)
     period_end: Mapped[datetime] = mapped_column(TS)
     segment_start: Mapped[datetime] = mapped_column(TS)
-    value: Mapped[Decimal] = mapped_column(Numeric)
+    value: Mapped[Decimal] = mapped_column(Numeric)  # unique_count: 1 when the value was new to the segment, else 0
     billed_invoice_id: Mapped[str | None] = mapped_column(Text)
+    aggregation: Mapped[str] = mapped_column(Text)  # the meter's, when the event arrived
+    event_time: Mapped[datetime] = mapped_column(TS)
+    event_id: Mapped[str] = mapped_column(Text)  # with event_time, orders `latest` events
+    unique_value: Mapped[str | None] = mapped_column(Text)  # unique_count: the distinct value
+    __table_args__ = (
+        CheckConstraint(
+            "aggregation IN ('count', 'sum', 'max', 'unique_count', 'latest')", name="late_usage_aggregation"
+        ),
+    )
 
 
 class ConsumerOffset(Base):
