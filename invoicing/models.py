@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     ForeignKeyConstraint,
     Identity,
     Index,
@@ -303,11 +304,25 @@ class Invoice(Base):
     issue_after: Mapped[datetime | None] = mapped_column(TS)
     subtotal_minor: Mapped[int] = mapped_column(BigInteger)
     total_minor: Mapped[int] = mapped_column(BigInteger)
-    # "period": a billing period's close; "opening": the first period's flat fees billed in advance.
+    # invoicing.lifecycle.BillingReason: "period" (a period's close), "opening" (the first period's
+    # flat fees billed in advance), "reissue" (replaces the voided invoice `replaces_invoice_id`).
     billing_reason: Mapped[str] = mapped_column(Text, server_default=text("'period'"))
+    replaces_invoice_id: Mapped[str | None] = mapped_column(Text, ForeignKey("invoices.id", name="invoice_replaces"))
     __table_args__ = (
-        UniqueConstraint("organization_id", "subscription_id", "period_start", "billing_reason", name="invoice_period"),
-        CheckConstraint("billing_reason IN ('period', 'opening')", name="invoice_billing_reason"),
+        Index(
+            "invoice_period",
+            "organization_id",
+            "subscription_id",
+            "period_start",
+            "billing_reason",
+            unique=True,
+            postgresql_where=text("billing_reason <> 'reissue'"),
+        ),
+        UniqueConstraint("replaces_invoice_id", name="invoice_replaced_once"),
+        CheckConstraint("billing_reason IN ('period', 'opening', 'reissue')", name="invoice_billing_reason"),
+        CheckConstraint(
+            "(billing_reason = 'reissue') = (replaces_invoice_id IS NOT NULL)", name="invoice_reissue_link"
+        ),
         UniqueConstraint("organization_id", "number", name="invoice_number"),
         CheckConstraint("status IN ('draft','issued','paid','void','uncollectible')", name="invoice_status"),
         CheckConstraint(

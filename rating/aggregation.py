@@ -33,13 +33,12 @@ events) for any aggregation, so a late `max` below the billed max adds nothing, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, localcontext
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from enum import StrEnum
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from schemas.catalog import Aggregation
 
@@ -47,6 +46,7 @@ EXACT_SUM: Final = Context(prec=200, Emax=999_999, Emin=-999_999, traps=[Inexact
 """Decimal context for folding quantities: 200 significant digits, and raising rather than rounding."""
 
 _ZERO = Decimal(0)
+_ADD: Final = EXACT_SUM.add
 _ORDER: Final = attrgetter("time", "event_id")  # events order by (time, id): the later one is "latest"
 _ONE = Decimal(1)
 
@@ -81,14 +81,14 @@ class Observed(Protocol):
     def event_id(self) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Total:
+class Total(NamedTuple):
     """A partial or final state of one aggregation.
 
     `quantity` is the billable quantity so far, `events` how many events were folded in
     (0: the empty total, which every merge leaves unchanged), `latest_time` the latest event
     time seen (kept for every aggregation: plan changes use it) and `latest_event` that
     event's id for `latest` meters (it breaks ties between events at the same instant).
+    A named tuple rather than a dataclass: the worker makes one per total per batch.
     """
 
     quantity: Decimal = _ZERO
@@ -98,6 +98,7 @@ class Total:
 
 
 EMPTY: Final = Total()
+_LATEST, _MAX = Aggregation.LATEST, Aggregation.MAX  # compared by identity on the hot path
 
 
 def fold(aggregation: Aggregation, observed: Iterable[Observed], start: Total = EMPTY) -> Total:
@@ -109,20 +110,31 @@ def fold(aggregation: Aggregation, observed: Iterable[Observed], start: Total = 
     Raises:
         decimal.Inexact: a sum outside what `EXACT_SUM` holds exactly.
     """
-    items = list(observed)
+    items = observed if isinstance(observed, list) else list(observed)
     if not items:
         return start
-    rule = MERGE_RULE[aggregation]
+    total = Total._make(fold_row(aggregation, items))
+    return total if start.events == 0 else merge(aggregation, start, total)
+
+
+def fold_row(aggregation: Aggregation, items: list[Observed]) -> tuple[Decimal, int, datetime, str | None]:
+    """The fields of `fold(aggregation, items)` as a plain tuple, for at least one item.
+
+    The worker's hot path (one call per total per batch): members compared by identity,
+    a one-event total without arithmetic, sums with `EXACT_SUM.add`, no `Total` object.
+    """
+    if len(items) == 1:
+        only = items[0]
+        return only.value, 1, only.time, only.event_id if aggregation is _LATEST else None
     last = max(items, key=_ORDER)
-    if rule is MergeRule.ADD:
-        with localcontext(EXACT_SUM):
-            quantity = sum((o.value for o in items), _ZERO)
-    elif rule is MergeRule.MAX:
-        quantity = max(o.value for o in items)
-    else:
-        quantity = last.value
-    latest_event = last.event_id if rule is MergeRule.LATEST else None
-    return merge(aggregation, start, Total(quantity, len(items), last.time, latest_event))
+    if aggregation is _LATEST:
+        return last.value, len(items), last.time, last.event_id
+    if aggregation is _MAX:
+        return max([item.value for item in items]), len(items), last.time, None
+    add, quantity = _ADD, _ZERO
+    for item in items:
+        quantity = add(quantity, item.value)
+    return quantity, len(items), last.time, None
 
 
 def merge(aggregation: Aggregation, a: Total, b: Total) -> Total:
@@ -140,8 +152,7 @@ def merge(aggregation: Aggregation, a: Total, b: Total) -> Total:
     times = [t for t in (a.latest_time, b.latest_time) if t is not None]
     latest_time = max(times) if times else None
     if rule is MergeRule.ADD:
-        with localcontext(EXACT_SUM):
-            return Total(a.quantity + b.quantity, events, latest_time)
+        return Total(_ADD(a.quantity, b.quantity), events, latest_time)
     if rule is MergeRule.MAX:
         return Total(max(a.quantity, b.quantity), events, latest_time)
     newer = b if _newer(b, a) else a
@@ -160,8 +171,7 @@ def late_delta(aggregation: Aggregation, billed: Total, late: Iterable[Observed]
     already billed); the difference is 0 when the late events do not move the quantity.
     """
     after = fold(aggregation, late, billed)
-    with localcontext(EXACT_SUM):
-        return after, billable(after) - billable(billed)
+    return after, EXACT_SUM.subtract(billable(after), billable(billed))
 
 
 def unique_observation(value: str, seen: set[str]) -> Decimal:

@@ -32,7 +32,7 @@ import msgspec
 import psycopg
 
 from invoicing.plan_changes import PLAN_CHANGE_LOCK
-from rating.aggregation import MERGE_RULE, MergeRule, Total, fold
+from rating.aggregation import MERGE_RULE, MergeRule, fold_row
 from streams.batch import BatchPlan, Contribution, DeadLetter, Record, plan_batch
 from streams.snapshot import CatalogSnapshot
 
@@ -87,6 +87,7 @@ MERGE_SQL: dict[MergeRule, str] = {
         latest_event = CASE WHEN {_NEWER} THEN excluded.latest_event ELSE t.latest_event END,
         {_LATEST_TIME}""",
 }
+_UPSERT = {agg: (rule, rule.value) for agg, rule in MERGE_RULE.items()}  # aggregation -> its rule and its name
 _TOTAL_KEY = "organization_id, subscription_id, meter_key, period_start, segment_start"
 
 
@@ -198,11 +199,8 @@ def _insert_unique_values(cur: psycopg.Cursor[Any], contributions: list[Contribu
     return out
 
 
-Folded = dict[TotalKey, tuple[MergeRule, datetime, Total]]  # merge rule, period end, the batch's total
-
-
-def _fold(contributions: list[Contribution]) -> Folded:
-    """The batch's total per (subscription, meter, period, segment): `rating.aggregation.fold` of its contributions."""
+def _group(contributions: list[Contribution]) -> dict[TotalKey, list[Contribution]]:
+    """The batch's contributions per total: (organization, subscription, meter, period, segment)."""
     groups: dict[TotalKey, list[Contribution]] = {}
     for c in contributions:
         key = (c.organization, c.subscription, c.meter, c.period_start, c.segment_start)
@@ -211,46 +209,47 @@ def _fold(contributions: list[Contribution]) -> Folded:
             groups[key] = [c]
         else:
             group.append(c)
-    return {
-        key: (MERGE_RULE[group[0].aggregation], group[0].period_end, fold(group[0].aggregation, group))
-        for key, group in groups.items()
-    }
+    return groups
 
 
-def _upsert_totals(cur: psycopg.Cursor[Any], folded: Folded) -> set[TotalKey]:
-    """Apply folded totals to open rows; returns the keys that were NOT applied (their period is closed).
+def _upsert_totals(cur: psycopg.Cursor[Any], groups: dict[TotalKey, list[Contribution]]) -> set[TotalKey]:
+    """Fold each total's contributions (`rating.aggregation.fold`) and apply it to its open row.
+
+    Returns the keys that were NOT applied (their period is closed).
 
     The totals go in with one COPY; each upsert returns the rows it changed, and the rows of
     the batch missing from them are the refused ones (usually none).
     """
-    if not folded:
+    if not groups:
         return set()
     cur.execute(
         "CREATE TEMP TABLE IF NOT EXISTS batch_totals (organization_id text, subscription_id text, meter_key text, "
         "period_start timestamptz, segment_start timestamptz, period_end timestamptz, upsert text, quantity numeric, "
         "event_count bigint, latest_time timestamptz, latest_event text) ON COMMIT DELETE ROWS"
     )
-    groups: set[MergeRule] = set()
+    rules: set[MergeRule] = set()
     with cur.copy("COPY batch_totals FROM STDIN") as copy:
         write = copy.write_row
-        for key, (rule, end, total) in folded.items():
-            groups.add(rule)
-            write((*key, end, rule.value, total.quantity, total.events, total.latest_time, total.latest_event))
+        for key, group in groups.items():
+            first = group[0]
+            rule, name = _UPSERT[first.aggregation]
+            rules.add(rule)
+            write((*key, first.period_end, name, *fold_row(first.aggregation, group)))
     refused: set[TotalKey] = set()
-    for group in sorted(groups):
+    for rule in sorted(rules):
         cur.execute(
             "WITH applied AS (INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, "
             "period_start, segment_start, period_end, quantity, event_count, latest_time, latest_event, closed) "
             "SELECT organization_id, subscription_id, meter_key, period_start, segment_start, period_end, quantity, "
             "event_count, latest_time, latest_event, false FROM batch_totals WHERE upsert = %(group)s "
             f"ON CONFLICT ({_TOTAL_KEY}) DO UPDATE SET "
-            f"{MERGE_SQL[group]}, event_count = t.event_count + excluded.event_count "
+            f"{MERGE_SQL[rule]}, event_count = t.event_count + excluded.event_count "
             f"WHERE NOT t.closed RETURNING {_TOTAL_KEY}) "
             f"SELECT {_TOTAL_KEY} FROM batch_totals b WHERE upsert = %(group)s AND NOT EXISTS "
             "(SELECT FROM applied a WHERE a.organization_id = b.organization_id "
             "AND a.subscription_id = b.subscription_id AND a.meter_key = b.meter_key "
             "AND a.period_start = b.period_start AND a.segment_start = b.segment_start)",
-            {"group": group.value},
+            {"group": rule.value},
         )
         refused.update((r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall())
     return refused
@@ -365,7 +364,7 @@ def write_batch(
         else:  # the common case: nothing re-sent from an earlier batch
             new_contrib = plan.contributions
         new_contrib = _insert_unique_values(cur, new_contrib)
-        folded = _fold(new_contrib)
+        folded = _group(new_contrib)
         refused = _upsert_totals(cur, folded)
         late = (
             [
