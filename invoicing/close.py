@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.invoice_rows import BilledLine, ClosingItem, write_invoices
+from invoicing.lifecycle import BillingReason
 from invoicing.period_rating import PlanHistory, SubscriptionTerms, late_lines, opening_lines, period_lines, segments
 from invoicing.subscriptions import cursor_due_at, record_period_end
 from rating import Period, period_containing
@@ -80,10 +81,12 @@ class CloseSummary:
         self.errors += other.errors
 
 
-def invoice_id(org: str, subscription: str, period_start: datetime, billing_reason: str = "period") -> str:
+def invoice_id(
+    org: str, subscription: str, period_start: datetime, billing_reason: BillingReason = BillingReason.PERIOD
+) -> str:
     """Deterministic id: the same (subscription, period, billing reason) always names the same invoice."""
     name = f"{org}\x1f{subscription}\x1f{period_start.isoformat()}"
-    if billing_reason != "period":
+    if billing_reason is not BillingReason.PERIOD:
         name += f"\x1f{billing_reason}"
     return f"in_{hashlib.sha256(name.encode()).hexdigest()[:24]}"
 
@@ -348,19 +351,19 @@ def close_batch(
                 finished.append((sub, "no period left to invoice"))
                 continue
             period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
-            reason = "opening" if sub.opening_pending else "period"
+            reason = BillingReason.OPENING if sub.opening_pending else BillingReason.PERIOD
             items.append(
                 ClosingItem(
                     sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start, reason), [], reason
                 )
             )
-        periods = [i for i in items if i.billing_reason == "period"]
+        periods = [i for i in items if i.billing_reason is BillingReason.PERIOD]
         usage = _close_totals(session, periods, histories)
         late = _late_lines(session, periods, histories) if periods else {}
         rated = _rate_items(session, items, histories, usage, late, now, summary)
         for item in rated:
             item.sub.advance_billed_until = item.advance_billed_until
-            if item.billing_reason == "opening":
+            if item.billing_reason is BillingReason.OPENING:
                 item.sub.opening_pending = False
                 item.sub.next_close_at = cursor_due_at(item.sub, item.plan, item.sub.end_at)
                 item.sub.close_attempts, item.sub.close_retry_at = 0, None
@@ -368,7 +371,9 @@ def close_batch(
             _advance(item.sub, item.plan, item.period)
             if item.sub.next_close_at is None:
                 finished.append((item.sub, f"final invoice {item.invoice_id} written"))
-        written = [i for i in rated if i.lines or i.billing_reason == "period"]  # an empty opening is no invoice
+        written = [
+            i for i in rated if i.lines or i.billing_reason is BillingReason.PERIOD
+        ]  # an empty opening is no invoice
         if written:
             write_invoices(session, written, orgs, issued_at)
         record_period_end(session, finished, issued_at)
@@ -392,7 +397,7 @@ def _rate_items(
         sub = item.sub
         history = histories[(sub.organization_id, sub.id)]
         try:
-            if item.billing_reason == "opening":
+            if item.billing_reason is BillingReason.OPENING:
                 bill = opening_lines(SubscriptionTerms.of(sub), history, item.period)
             else:
                 bill = period_lines(

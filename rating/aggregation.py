@@ -32,7 +32,7 @@ events) for any aggregation, so a late `max` below the billed max adds nothing, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from enum import StrEnum
@@ -117,7 +117,7 @@ def fold(aggregation: Aggregation, observed: Iterable[Observed], start: Total = 
     return total if start.events == 0 else merge(aggregation, start, total)
 
 
-def fold_row(aggregation: Aggregation, items: list[Observed]) -> tuple[Decimal, int, datetime, str | None]:
+def fold_row(aggregation: Aggregation, items: Sequence[Observed]) -> tuple[Decimal, int, datetime, str | None]:
     """The fields of `fold(aggregation, items)` as a plain tuple, for at least one item.
 
     The worker's hot path (one call per total per batch): members compared by identity,
