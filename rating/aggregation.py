@@ -126,15 +126,16 @@ def fold_row(aggregation: Aggregation, items: Sequence[Observed]) -> tuple[Decim
     if len(items) == 1:
         only = items[0]
         return only.value, 1, only.time, only.event_id if aggregation is _LATEST else None
-    last = max(items, key=_ORDER)
     if aggregation is _LATEST:
+        last = max(items, key=_ORDER)
         return last.value, len(items), last.time, last.event_id
+    latest_time = max([item.time for item in items])
     if aggregation is _MAX:
-        return max([item.value for item in items]), len(items), last.time, None
+        return max([item.value for item in items]), len(items), latest_time, None
     add, quantity = _ADD, _ZERO
     for item in items:
         quantity = add(quantity, item.value)
-    return quantity, len(items), last.time, None
+    return quantity, len(items), latest_time, None
 
 
 def merge(aggregation: Aggregation, a: Total, b: Total) -> Total:
