@@ -2,13 +2,16 @@
 
 The close (`invoicing.close`) and the running totals (`invoicing.usage`) both call
 `period_lines`, so what `valora usage` shows for a period is what its invoice will say.
-It reads nothing from the database: the subscription row, its plan history and the
-period's usage per plan segment come in, lines come out.
+It reads nothing from the database: plain frozen values come in (`SubscriptionTerms`, the
+plan history, the period's usage per usage window) and lines come out, so it is tested
+without one (tests/invoicing/test_late_money.py).
 
 A period bills, in this order:
 
-1. what it owes in arrears: usage (always) and in-arrears flat charges, per plan segment
-   when the plan changed inside it (`rating.rate_segments`), else `rating.rate_plan` as is;
+1. what it owes in arrears: usage (always) and in-arrears flat charges, per usage window
+   (`rating.timeline.usage_windows`: cut at plan changes, and at `trial_end` when the plan
+   does not bill trial usage) with `rating.rate_segments`, or `rating.rate_plan` as is when
+   one in-arrears window bills;
 2. for every plan change inside it, the in-advance settlement: the unused time of an
    in-advance old plan credited, the remaining time of an in-advance new plan charged;
 3. when a cancel ends the subscription inside it, the unused in-advance time credited;
@@ -19,6 +22,10 @@ A period bills, in this order:
 billed, so credits give back exactly what was billed and nothing else. A period whose
 in-advance fee was never billed ahead (a subscription from before in-advance billing was
 honoured) bills it on its own invoice rather than losing it.
+
+`late_lines` prices usage that arrived after the period's invoice: the period's arrears
+lines rated from the usage billed so far and from it with the late usage folded in; the
+difference, per charge and window, is the adjustment.
 """
 
 from __future__ import annotations
