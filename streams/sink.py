@@ -234,7 +234,11 @@ def _upsert_totals(cur: psycopg.Cursor[Any], groups: dict[TotalKey, list[Contrib
             first = group[0]
             rule, name = _UPSERT[first.aggregation]
             rules.add(rule)
-            write((*key, first.period_end, name, *fold_row(first.aggregation, group)))
+            try:
+                folded = fold_row(first.aggregation, group)
+            except ArithmeticError as exc:  # a sum past EXACT_SUM: refuse the batch as data, so it is split up
+                raise psycopg.errors.NumericValueOutOfRange(f"meter {key[2]!r}: sum not exact ({exc!r})") from exc
+            write((*key, first.period_end, name, *folded))
     refused: set[TotalKey] = set()
     for rule in sorted(rules):
         cur.execute(

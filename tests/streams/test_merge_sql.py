@@ -9,10 +9,11 @@ from random import Random
 import psycopg
 import pytest
 
-from invoicing.db import psycopg_connect_args
+from invoicing.db import make_engine, psycopg_connect_args, upgrade
 from rating.aggregation import EMPTY, MERGE_RULE, Total, merge
 from schemas.catalog import Aggregation
-from streams.sink import MERGE_SQL
+from streams.batch import Contribution
+from streams.sink import MERGE_SQL, _group, _upsert_totals
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +60,17 @@ def test_upsert_rule_is_the_pure_merge(database_url: str, aggregation: Aggregati
             )
             if aggregation is Aggregation.LATEST and expected.events:
                 assert got[3] == expected.latest_event, (stored, batch)
+
+
+def test_a_batch_sum_that_cannot_be_exact_is_refused_as_data(database_url: str) -> None:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    engine.dispose()
+    end = T0 + timedelta(days=31)
+    huge = [
+        Contribution("o", "s", "gb", Aggregation.SUM, T0, end, T0, f"k{i}", Decimal(v), T0, f"e{i}")
+        for i, v in enumerate(["1e100", "1e-100"])
+    ]
+    refused = pytest.raises(psycopg.errors.NumericValueOutOfRange, match="sum not exact")
+    with psycopg.connect(**psycopg_connect_args(database_url)) as conn, conn.cursor() as cur, refused:
+        _upsert_totals(cur, _group(huge))
