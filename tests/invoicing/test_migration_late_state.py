@@ -1,4 +1,4 @@
-"""Migration 0006 fills the state late usage needs on rows written before it; 0007 round-trips reissues."""
+"""Migration 0007 fills the state late usage needs on rows written before it; 0007 and 0008 round-trip."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _migrate(engine: Engine, target: str, *, down: bool = False) -> None:
         (command.downgrade if down else command.upgrade)(cfg, target)
 
 
-def test_late_rows_from_before_0006_get_aggregation_time_and_id(engine: Engine) -> None:
+def test_late_rows_from_before_0007_get_aggregation_time_and_id(engine: Engine) -> None:
     _migrate(engine, "0005")
     with engine.begin() as conn:
         conn.execute(

@@ -1,7 +1,7 @@
 """reissued invoices
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 
 `valora invoices reissue ID` voids an invoice and issues a new one for the same service
 period with a new number: `invoices.replaces_invoice_id` links the new invoice to the voided
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

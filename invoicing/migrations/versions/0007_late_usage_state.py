@@ -1,7 +1,7 @@
 """late usage keeps what its aggregation needs
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 
 Late usage is priced as billed(all events) − billed(on-time events) for every aggregation
 (`rating.aggregation`), so each `late_usage` row keeps what folding it needs:
@@ -21,8 +21,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
