@@ -173,7 +173,8 @@ def test_valora_close_reports_failures_and_exits_non_zero_until_fixed(
     _poison_usage(database_url, "7")
     fixed = run_cli(["close", "--as-of", "2026-02-01T03:00:00Z"], env)
     assert fixed.stdout.strip() == "closed 1 period(s) as of 2026-02-01T03:00:00+00:00"
-    assert json.loads(run_cli(["invoices", "list", "--org", "beta", "--json"], env).stdout)[-1]["total_minor"] == 1007
+    listed = json.loads(run_cli(["invoices", "list", "--org", "beta", "--json"], env).stdout)
+    assert [i["total_minor"] for i in listed if i["subscription"] == "sc2"] == [1007]
 
 
 def test_close_refuses_an_as_of_in_the_future(engine: Engine, database_url: str, topic_prefix: str) -> None:
