@@ -232,8 +232,8 @@ def check_billed_history(
                 f"{label}: billing_anchor cannot change from {anchor.isoformat()} to {anchor_of(sub).isoformat()} "
                 f"once it is invoiced; {remedy}"
             )
-    _check_billed_plans(session, cat, stored_plans)
     _check_billed_currencies(session, cat)
+    _check_billed_plans(session, cat, stored_plans)
 
 
 def _check_billed_plans(session: Session, cat: Any, stored: dict[tuple[str, str], Plan]) -> None:
