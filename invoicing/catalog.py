@@ -18,22 +18,22 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, case, select, text, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
+from invoicing.bulk import upsert_rows
+from invoicing.catalog_cursors import end_moved, regrid_unbilled, retime_cursors
 from invoicing.catalog_guards import (
     InvalidCatalog,
     assign_prefixes,
     check_billed_history,
     check_document,
     check_unique_ids,
-    chunks,
     read_bounded,
+    stored_subscriptions,
 )
 from invoicing.lifecycle import SubscriptionAction, SubscriptionStatus, advance_subscription
-from invoicing.subscriptions import cursor_due_at
 from rating.periods import period_containing
 from schemas import catalog as c
 from schemas.errors import InvalidPlan
@@ -200,10 +200,7 @@ def _check_references(cat: ParsedCatalog, session: Session) -> None:
 
 
 def _upsert(session: Session, table: type[m.Base], rows: Sequence[dict[str, Any]], keys: list[str]) -> None:
-    for part in chunks(rows):
-        stmt = insert(table).values(list(part))
-        updates = {col: stmt.excluded[col] for col in part[0] if col not in keys}
-        session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates))
+    upsert_rows(session, table.__table__, rows, keys)  # type: ignore[arg-type]
 
 
 def _check_plan_moves(cat: ParsedCatalog, session: Session) -> None:
@@ -252,7 +249,8 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
         _check_plan_moves(cat, session)
         plans = {(org, p.code): p for org, p in cat.plans}
         stored = _stored_plans(session, set(plans) | {(s.organization, s.plan) for s in cat.subscriptions}, set(plans))
-        check_billed_history(session, cat, _anchor, stored)
+        before = stored_subscriptions(session, cat.subscriptions)
+        check_billed_history(session, cat, before, _anchor, stored)
         prefixes = assign_prefixes(session, cat.organizations)
         _upsert(
             session,
@@ -302,37 +300,11 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
             ["organization_id", "id"],
         )
         plans.update({key: plan for key, plan in stored.items() if key not in plans})
-        _upsert_subscriptions(
-            session, [_subscription_row(s, plans[(s.organization, s.plan)]) for s in cat.subscriptions], now
-        )
-        _retime_cursors(session, cat.subscriptions, plans)
+        rows = [_subscription_row(s, plans[(s.organization, s.plan)]) for s in cat.subscriptions]
+        _upsert_subscriptions(session, rows, now)
+        regrid_unbilled(session, cat.subscriptions, rows, before)
+        retime_cursors(session, [s for s in cat.subscriptions if end_moved(s, before)], plans)
     return cat.counts()
-
-
-def _retime_cursors(session: Session, subs: Sequence[c.Subscription], plans: dict[tuple[str, str], Plan]) -> None:
-    """Re-time the close cursor of live subscriptions whose `end` the catalog moved.
-
-    The cursor's period is due at its end, or at `end_at` when that comes first; an `end`
-    moved later (or dropped) must not leave the period due early, and one that no longer
-    cuts a period short must not leave it due late. Rows a cancel owns are left alone.
-    """
-    s = m.Subscription
-    keys = [(x.organization, x.id) for x in subs]
-    rows = (
-        sub
-        for part in chunks(keys, 5000)
-        for sub in session.scalars(
-            select(s).where(
-                tuple_(s.organization_id, s.id).in_(part),
-                s.status.in_([x.value for x in _LIVE]),
-                s.cancel_at_period_end.is_(False),
-            )
-        )
-    )
-    for sub in rows:
-        due = cursor_due_at(sub, plans[(sub.organization_id, sub.plan_code)], sub.end_at)
-        if due != sub.next_close_at:
-            sub.next_close_at = due
 
 
 def _upsert_subscriptions(session: Session, rows: list[dict[str, Any]], now: datetime | None) -> None:
@@ -345,15 +317,18 @@ def _upsert_subscriptions(session: Session, rows: list[dict[str, Any]], now: dat
     """
     if not rows:
         return
-    table = m.Subscription.__table__
-    cancel_owns_end = table.c.cancel_at_period_end | table.c.status.notin_([s.value for s in _LIVE])
-    for part in chunks(rows):
-        stmt = insert(m.Subscription).values(list(part))
-        updates: dict[str, Any] = {
-            col: stmt.excluded[col] for col in part[0] if col not in _SUBSCRIPTION_KEYS | _SUBSCRIPTION_INSERT_ONLY
-        }
-        updates["end_at"] = case((cancel_owns_end, table.c.end_at), else_=stmt.excluded.end_at)
-        session.execute(stmt.on_conflict_do_update(index_elements=sorted(_SUBSCRIPTION_KEYS), set_=updates))
+    live = ", ".join(f"'{s.value}'" for s in _LIVE)
+    upsert_rows(
+        session,
+        m.Subscription.__table__,  # type: ignore[arg-type]
+        rows,
+        sorted(_SUBSCRIPTION_KEYS),
+        insert_only=_SUBSCRIPTION_INSERT_ONLY,
+        update_sql={
+            "end_at": f"CASE WHEN t.cancel_at_period_end OR t.status NOT IN ({live}) THEN t.end_at "
+            "ELSE excluded.end_at END"
+        },
+    )
     # seq 1 exists for every subscription (migration 0002 wrote it for older ones), so only new ones get a row.
     session.execute(
         text(

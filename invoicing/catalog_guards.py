@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -184,53 +185,69 @@ def check_unique_ids(section: str, ids: Iterable[tuple[str, ...]]) -> None:
 # --- billed history -------------------------------------------------------------------------------
 
 
-def _invoiced_subscriptions(session: Session, subs: Sequence[c.Subscription]) -> dict[tuple[str, str], Any]:
-    out: dict[tuple[str, str], Any] = {}
+@dataclass(frozen=True)
+class StoredSubscription:
+    """What the database holds for a catalog subscription, read before the catalog writes."""
+
+    start: datetime
+    anchor: datetime
+    end: datetime | None
+    plan: str
+    billed: str | None  # "invoiced", "has usage counted", or None: nothing depends on its grid yet
+
+
+def stored_subscriptions(session: Session, subs: Sequence[c.Subscription]) -> dict[tuple[str, str], StoredSubscription]:
+    """The stored rows of the catalog's subscriptions that already exist (one query per 20,000)."""
+    out: dict[tuple[str, str], StoredSubscription] = {}
     for part in chunks(subs, 20_000):
         rows = session.execute(
             text(
-                "SELECT s.organization_id, s.id, s.start_at, s.billing_anchor FROM subscriptions s "
-                "JOIN unnest(CAST(:o AS text[]), CAST(:s AS text[])) AS u(o, s) "
-                "ON s.organization_id = u.o AND s.id = u.s "
-                "WHERE EXISTS (SELECT 1 FROM invoices i WHERE i.organization_id = s.organization_id "
-                "AND i.subscription_id = s.id)"
+                "SELECT s.organization_id, s.id, s.start_at, s.billing_anchor, s.end_at, s.plan_code, CASE "
+                "WHEN EXISTS (SELECT 1 FROM invoices i WHERE i.organization_id = s.organization_id "
+                "AND i.subscription_id = s.id) THEN 'invoiced' "
+                "WHEN EXISTS (SELECT 1 FROM usage_totals t WHERE t.organization_id = s.organization_id "
+                "AND t.subscription_id = s.id) THEN 'has usage counted' END "
+                "FROM subscriptions s JOIN unnest(CAST(:o AS text[]), CAST(:s AS text[])) AS u(o, s) "
+                "ON s.organization_id = u.o AND s.id = u.s"
             ),
             {"o": [x.organization for x in part], "s": [x.id for x in part]},
         )
-        out.update({(org, sid): (start, anchor) for org, sid, start, anchor in rows})
+        out.update({(org, sid): StoredSubscription(*rest) for org, sid, *rest in rows})
     return out
 
 
 def check_billed_history(
     session: Session,
     cat: Any,
+    stored: dict[tuple[str, str], StoredSubscription],
     anchor_of: Callable[[c.Subscription], datetime],
     stored_plans: dict[tuple[str, str], Plan],
 ) -> None:
-    """Refuse changes to what invoiced periods were computed from (see the module docstring).
+    """Refuse changes to what invoiced periods (or counted usage) were computed from.
 
-    `anchor_of` gives the anchor the catalog would write for a subscription; `stored_plans`
-    the plans the database holds for the catalog's plan codes.
+    A subscription's start and anchor lay out its period grid; once it is invoiced, or usage
+    is counted in its periods, moving the grid would bill time twice or strand counted usage.
+    `stored` holds the rows before the catalog, `anchor_of` the anchor the catalog would
+    write, `stored_plans` the plans the database holds for the catalog's plan codes.
 
     Raises:
         BilledHistoryChange: names the entry, the field, old and new values, and what to do instead.
     """
-    invoiced = _invoiced_subscriptions(session, cat.subscriptions)
     for sub in cat.subscriptions:
-        if (sub.organization, sub.id) not in invoiced:
+        old = stored.get((sub.organization, sub.id))
+        if old is None or old.billed is None:
             continue
-        start, anchor = invoiced[(sub.organization, sub.id)]
         label = f"subscription {sub.organization}/{sub.id!r}"
         remedy = f"cancel it (`valora subscriptions cancel {sub.organization} {sub.id}`) and subscribe again"
-        if sub.start != start:
+        if sub.start != old.start:
             raise BilledHistoryChange(
-                f"{label}: start cannot change from {start.isoformat()} to {sub.start.isoformat()} once it is "
-                f"invoiced; {remedy}"
+                f"{label}: start cannot change from {old.start.isoformat()} to {sub.start.isoformat()} once it "
+                f"{_is(old.billed)}; {remedy}"
             )
-        if anchor_of(sub) != anchor:
+        if anchor_of(sub) != old.anchor:
             raise BilledHistoryChange(
-                f"{label}: billing_anchor cannot change from {anchor.isoformat()} to {anchor_of(sub).isoformat()} "
-                f"once it is invoiced; {remedy}"
+                f"{label}: billing_anchor cannot change from {old.anchor.isoformat()} to "
+                f"{anchor_of(sub).isoformat()} once it {_is(old.billed)}; {remedy}"
             )
     _check_billed_currencies(session, cat)
     _check_billed_plans(session, cat, stored_plans)
@@ -246,30 +263,40 @@ def _check_billed_plans(session: Session, cat: Any, stored: dict[tuple[str, str]
             for name in ("interval", "interval_count", "currency")
             if getattr(old, name) != getattr(plan, name)
         ]
-        if not changes or not _plan_billed(session, org, plan.code):
+        if not changes or not _plan_billed(session, org, plan.code, "interval" in changes[0][0]):
             continue
         name, before, after = changes[0]
         raise BilledHistoryChange(
             f"plan {org}/{plan.code!r}: {name} cannot change from {before} to {after}: subscriptions on it are "
-            "invoiced; create a plan under a new code and move subscriptions with `valora subscriptions "
-            "change-plan` (same interval and currency) or cancel and subscribe again"
+            "invoiced or have usage counted; create a plan under a new code and move subscriptions with "
+            "`valora subscriptions change-plan` (same interval and currency) or cancel and subscribe again"
         )
 
 
-def _plan_billed(session: Session, org: str, code: str) -> bool:
-    """Whether any invoiced subscription started on the plan or changed to or from it."""
+def _plan_billed(session: Session, org: str, code: str, usage_counts: bool) -> bool:
+    """Whether an invoiced subscription (or, for the grid, one with usage counted) is or was on the plan."""
+    billed = (
+        "EXISTS (SELECT 1 FROM invoices i WHERE i.organization_id = s.organization_id AND i.subscription_id = s.id)"
+    )
+    if usage_counts:
+        billed += (
+            " OR EXISTS (SELECT 1 FROM usage_totals t WHERE t.organization_id = s.organization_id "
+            "AND t.subscription_id = s.id)"
+        )
     return bool(
         session.execute(
             text(
-                "SELECT EXISTS (SELECT 1 FROM subscriptions s JOIN invoices i ON i.organization_id = s.organization_id "
-                "AND i.subscription_id = s.id WHERE s.organization_id = :o AND s.plan_code = :c) "
-                "OR EXISTS (SELECT 1 FROM subscription_plan_changes p JOIN invoices i "
-                "ON i.organization_id = p.organization_id AND i.subscription_id = p.subscription_id "
-                "WHERE p.organization_id = :o AND (p.to_plan = :c OR p.from_plan = :c))"
+                f"SELECT EXISTS (SELECT 1 FROM subscriptions s WHERE s.organization_id = :o AND ({billed}) AND "
+                "(s.plan_code = :c OR EXISTS (SELECT 1 FROM subscription_plan_changes p WHERE p.organization_id = :o "
+                "AND p.subscription_id = s.id AND (p.to_plan = :c OR p.from_plan = :c))))"
             ),
             {"o": org, "c": code},
         ).scalar()
     )
+
+
+def _is(billed: str) -> str:
+    return "is invoiced" if billed == "invoiced" else "has usage counted"
 
 
 def _check_billed_currencies(session: Session, cat: Any) -> None:

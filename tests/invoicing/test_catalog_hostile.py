@@ -171,8 +171,24 @@ def test_before_an_invoice_anchor_and_start_may_still_be_corrected(engine: Engin
     moved = {"billing_anchor": "2026-01-15T00:00:00Z", "start": "2026-01-15T00:00:00Z"}
     _apply(engine, _catalog(subscriptions=[moved]))
     with engine.connect() as conn:
-        row = conn.execute(text("SELECT billing_anchor, start_at FROM subscriptions")).one()
-    assert row == (datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 1, 15, tzinfo=UTC))
+        row = conn.execute(
+            text("SELECT billing_anchor, start_at, next_period_start, next_close_at FROM subscriptions")
+        ).one()
+    jan15, feb15 = datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 2, 15, tzinfo=UTC)
+    assert row == (jan15, jan15, jan15, feb15)  # the cursor starts on the new grid
+
+
+@pytest.mark.integration
+def test_once_usage_is_counted_the_grid_is_fixed(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO usage_totals (organization_id, subscription_id, meter_key, period_start, segment_start, "
+            "period_end, quantity, event_count, closed) VALUES ('acme', 'sub_1', 'api_calls', '2026-01-01Z', "
+            "'2026-01-01Z', '2026-02-01Z', 5, 5, false)"))
+    with pytest.raises(BilledHistoryChange, match=r"billing_anchor cannot change .* once it has usage counted"):
+        _apply(engine, _catalog(subscriptions=[{"billing_anchor": "2026-01-15T00:00:00Z"}]))
+    with pytest.raises(BilledHistoryChange, match="interval cannot change from month to week"):
+        _apply(engine, _catalog(plans=[{"interval": "week"}]))
 
 
 @pytest.mark.integration
