@@ -356,21 +356,27 @@ def default_prefix(org_id: str, taken: set[str]) -> str:
 def assign_prefixes(session: Session, orgs: Sequence[c.Organization]) -> dict[str, str]:
     """Each catalog organization's invoice prefix: the one given, else the stored one, else a free default.
 
+    Given prefixes are placed first (a prefix the catalog moves away from is free for them),
+    then defaults are derived around everything taken, so the outcome does not depend on order.
+
     Raises:
-        InvalidCatalog: a given prefix another organization already uses.
+        InvalidCatalog: a given prefix another organization uses.
     """
     stored = dict(session.execute(text("SELECT id, invoice_prefix FROM organizations")).all())
-    owner = {prefix: org for org, prefix in stored.items()}
+    given = {o.id: o.invoice_prefix for o in orgs if o.invoice_prefix}
+    owner = {prefix: org for org, prefix in stored.items() if given.get(org, prefix) == prefix}
     out: dict[str, str] = {}
-    for org in orgs:
-        prefix = org.invoice_prefix or stored.get(org.id) or default_prefix(org.id, set(owner) - {stored.get(org.id)})
+    for org_id, prefix in given.items():
         holder = owner.get(prefix)
-        if holder is not None and holder != org.id:
+        if holder is not None and holder != org_id:
             raise InvalidCatalog(
-                f"organization {org.id!r}: invoice_prefix {prefix!r} is already used by organization {holder!r}; "
+                f"organization {org_id!r}: invoice_prefix {prefix!r} is already used by organization {holder!r}; "
                 "invoice numbers must be unique across organizations"
             )
-        owner.pop(stored.get(org.id, ""), None)  # a prefix the catalog changes is free again
-        owner[prefix] = org.id
-        out[org.id] = prefix
+        out[org_id] = prefix
+        owner[prefix] = org_id
+    for org in orgs:
+        if org.id not in out:
+            out[org.id] = stored.get(org.id) or default_prefix(org.id, set(owner))
+            owner[out[org.id]] = org.id
     return out

@@ -51,7 +51,9 @@ class Organization(Base):
     draft_grace_s: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     __table_args__ = (
         CheckConstraint("draft_grace_s >= 0", name="organization_draft_grace"),
-        UniqueConstraint("invoice_prefix", name="organization_invoice_prefix"),  # migration 0006
+        UniqueConstraint(
+            "invoice_prefix", name="organization_invoice_prefix", deferrable=True, initially="DEFERRED"
+        ),  # migration 0006
     )
 
 

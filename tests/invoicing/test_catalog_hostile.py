@@ -244,6 +244,17 @@ def test_invoice_prefixes_are_unique_across_organizations(engine: Engine, databa
         _apply(engine, {"organizations": [{"id": "other", "name": "O", "currency": "USD", "invoice_prefix": "ACME"}]})
     with psycopg.connect(database_url.replace("+psycopg", "")) as conn, pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("UPDATE organizations SET invoice_prefix = 'ACME' WHERE id = 'ac-me'")
+        conn.commit()
+    # Given prefixes win over derived ones whatever the order, and two organizations may swap theirs.
+    _apply(engine, {"organizations": [{"id": "zz", "name": "Z", "currency": "USD"},
+                                      {"id": "y", "name": "Y", "currency": "USD", "invoice_prefix": "ZZ"}]})
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT invoice_prefix FROM organizations WHERE id = 'y'")).scalar() == "ZZ"
+    _apply(engine, {"organizations": [{"id": "acme", "name": "A", "currency": "USD", "invoice_prefix": "ZZ"},
+                                      {"id": "y", "name": "Y", "currency": "USD", "invoice_prefix": "ACME"}]})
+    with engine.connect() as conn:
+        assert dict(conn.execute(text("SELECT id, invoice_prefix FROM organizations WHERE id IN ('acme', 'y')"))
+                    .all()) == {"acme": "ZZ", "y": "ACME"}
 
 
 @pytest.mark.integration
