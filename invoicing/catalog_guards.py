@@ -2,8 +2,8 @@
 
 Reading (`read_document`), before any model sees the data:
 
-- a file larger than `MAX_CATALOG_BYTES`, nesting deeper than `MAX_DEPTH`, a NUL byte in any
-  string (Postgres text cannot hold one), and YAML aliases that expand the document by more
+- a file larger than `MAX_CATALOG_BYTES`, nesting deeper than `MAX_DEPTH`, a NUL byte or a lone
+  surrogate in any string (Postgres text cannot hold either), and YAML aliases that expand the document by more
   than `MAX_ALIAS_EXPANSION` nodes (a few hundred bytes of nested aliases otherwise expand
   to billions of nodes) are each one line.
 
@@ -20,6 +20,7 @@ prefix no other organization uses (the database backs it with a unique constrain
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -152,15 +153,25 @@ def check_document(data: Any) -> None:
         if depth > MAX_DEPTH:
             raise InvalidCatalog(f"catalog is nested deeper than {MAX_DEPTH} levels at {where or 'the top'}")
         if isinstance(value, str):
-            if "\x00" in value:
-                raise InvalidCatalog(f"catalog {where or 'value'}: NUL byte (\\u0000) in a string")
+            _check_text(value, where or "value")
         elif isinstance(value, dict):
             for key, item in value.items():
-                if isinstance(key, str) and "\x00" in key:
-                    raise InvalidCatalog(f"catalog {where or 'top level'}: NUL byte (\\u0000) in a key")
+                if isinstance(key, str):
+                    _check_text(key, f"{where or 'top level'} key")
                 stack.append((item, f"{where}.{key}" if where else str(key), depth + 1))
         elif isinstance(value, list | tuple):
             stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_text(value: str, where: str) -> None:
+    """Postgres text holds neither NUL nor a lone UTF-16 surrogate (which JSON's \\ud800 escapes can make)."""
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = "NUL byte (\\u0000)" if found.group() == "\x00" else f"lone surrogate (\\u{ord(found.group()):04x})"
+        raise InvalidCatalog(f"catalog {where}: {what} in a string")
 
 
 # --- validating -----------------------------------------------------------------------------------

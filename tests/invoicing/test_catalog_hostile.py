@@ -96,6 +96,7 @@ def test_nesting_too_deep_is_one_line(tmp_path: Path, suffix: str) -> None:
             r"^customer acme/'cus_1' appears twice in customers \(customers\[0\] and customers\[1\]\)$",
         ),
         (_catalog(customers=[{"name": "Glo\x00bex"}]), r"^catalog customers\[0\]\.name: NUL byte"),
+        (_catalog(customers=[{"name": "Glo\ud800bex"}]), r"^catalog customers\[0\]\.name: lone surrogate"),
         (_catalog(subscriptions=[{"start": "9999-01-01T00:00:00Z"}]), "start: .*outside the supported range"),
         (
             _catalog(subscriptions=[{"billing_anchor": "0001-01-01T00:00:00Z"}]),
