@@ -14,7 +14,8 @@ isolation around that batch:
 - `record_failure`: a failed period gets a `close_failures` row with a one-line reason and a
   retry time with exponential backoff;
 - `outstanding_failures`: the periods still failing, so `valora close` reports them and exits
-  non-zero until someone fixes the data (the retries alone never make a failure go away);
+  non-zero until someone fixes the data (the retries alone never make a failure go away), and
+  `retry_now` (`valora close --retry-failed`) to retry them without waiting for the backoff;
 - `check_as_of`: the close never bills the future unless a simulation asks for it.
 """
 
@@ -194,6 +195,22 @@ def outstanding_failures(engine: Engine, organization: str | None = None) -> lis
             {"org": organization},
         ).all()
     return [OutstandingFailure(*row) for row in rows]
+
+
+def retry_now(engine: Engine, organization: str | None = None) -> int:
+    """Make every failing period claimable at once (after the data was fixed); returns how many.
+
+    Only the backoff is cleared: the attempt count stays, so a period that fails again waits longer.
+    """
+    with engine.begin() as conn:
+        result = conn.execute(
+            text(
+                "UPDATE subscriptions SET close_retry_at = NULL WHERE close_attempts > 0 "
+                "AND close_retry_at IS NOT NULL AND (CAST(:org AS text) IS NULL OR organization_id = :org)"
+            ),
+            {"org": organization},
+        )
+    return int(result.rowcount)
 
 
 # --- isolating the batch --------------------------------------------------------------------------

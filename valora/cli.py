@@ -105,12 +105,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_close(args: argparse.Namespace) -> int:
     """Close what is due; exits non-zero while any period of the run's scope is failing (listed on stderr)."""
     from invoicing.close import close_due
-    from invoicing.close_safety import check_as_of, outstanding_failures
+    from invoicing.close_safety import check_as_of, outstanding_failures, retry_now
 
     settings = load_settings()
     now = now_utc()
     as_of = check_as_of(args.as_of or now, now, settings.future_tolerance, allow_future=args.allow_future)
     engine = connect_engine(settings)
+    if args.retry_failed:
+        retry_now(engine, args.org)
     summary = close_due(
         engine, as_of=as_of, grace=settings.late_grace, clock=lambda: as_of, organization=args.org, limit=args.batch
     )
@@ -213,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     close.add_argument(
         "--allow-future", action="store_true", help="simulation: accept an --as-of later than the real clock"
     )
+    close.add_argument("--retry-failed", action="store_true", help="retry failing periods now, not after the backoff")
     close.set_defaults(func=cmd_close)
 
     sched = sub.add_parser("scheduler", help="run the period close continuously (safe to run several)")

@@ -171,8 +171,9 @@ def test_valora_close_reports_failures_and_exits_non_zero_until_fixed(
     assert again.returncode == 1 and again.stdout.startswith("closed 0 period(s)")
     assert "beta/sc2" in again.stderr and "Traceback" not in again.stderr
     _poison_usage(database_url, "7")
-    fixed = run_cli(["close", "--as-of", "2026-02-01T03:00:00Z"], env)
-    assert fixed.stdout.strip() == "closed 1 period(s) as of 2026-02-01T03:00:00+00:00"
+    fixed = run_cli(["close", "--as-of", "2026-02-01T02:00:20Z", "--retry-failed"], env)  # before the backoff ends
+    assert fixed.stdout.strip() == "closed 1 period(s) as of 2026-02-01T02:00:20+00:00"
+    assert run_cli(["close", "--as-of", "2026-02-01T03:00:00Z"], env).stdout.startswith("closed 0 period(s)")
     listed = json.loads(run_cli(["invoices", "list", "--org", "beta", "--json"], env).stdout)
     assert [i["total_minor"] for i in listed if i["subscription"] == "sc2"] == [1007]
 
