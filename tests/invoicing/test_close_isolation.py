@@ -14,11 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from invoicing.catalog import apply_catalog, parse_catalog
 from invoicing.close import close_due
 from invoicing.db import make_engine, upgrade
+from invoicing.metrics import SchedulerMetrics
+from invoicing.scheduler import Scheduler, SchedulerConfig
 from tests.helpers import cli_env, run_cli
 
 pytestmark = pytest.mark.integration
@@ -106,10 +109,20 @@ def test_usage_that_overflows_bigint_fails_only_its_period(engine: Engine, datab
 
 
 def test_negative_usage_fails_only_its_period(engine: Engine, database_url: str) -> None:
+    """Through the scheduler, whose gauge shows the failing period until it closes."""
     _poison_usage(database_url, "-5")
-    assert _close(engine)[:2] == (8, 1)
+    registry = CollectorRegistry()
+    scheduler = Scheduler(engine, SchedulerConfig(), SchedulerMetrics(registry), lambda: AS_OF)
+    summary = scheduler.run_close_job()
+    assert (summary.invoices, summary.failed) == (8, 1)
     assert "negative" in _failure_error(database_url)
     _assert_rest_invoiced(database_url)
+    assert registry.get_sample_value("valora_close_failing_periods") == 1
+    _poison_usage(database_url, "7")
+    later = Scheduler(engine, SchedulerConfig(), SchedulerMetrics(registry := CollectorRegistry()),
+                      lambda: AS_OF + timedelta(hours=1))
+    assert later.run_close_job().invoices == 1
+    assert registry.get_sample_value("valora_close_failing_periods") == 0
 
 
 def test_a_plan_that_no_longer_validates_fails_only_its_subscriptions(engine: Engine, database_url: str) -> None:
