@@ -373,7 +373,9 @@ def assign_prefixes(session: Session, orgs: Sequence[c.Organization]) -> dict[st
     Raises:
         InvalidCatalog: a given prefix another organization uses.
     """
-    stored = dict(session.execute(text("SELECT id, invoice_prefix FROM organizations")).all())
+    stored: dict[str, str] = {
+        org: prefix for org, prefix in session.execute(text("SELECT id, invoice_prefix FROM organizations"))
+    }
     given = {o.id: o.invoice_prefix for o in orgs if o.invoice_prefix}
     owner = {prefix: org for org, prefix in stored.items() if given.get(org, prefix) == prefix}
     out: dict[str, str] = {}
