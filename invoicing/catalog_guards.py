@@ -151,7 +151,8 @@ def check_document(data: Any) -> None:
     while stack:
         value, where, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise InvalidCatalog(f"catalog is nested deeper than {MAX_DEPTH} levels at {where or 'the top'}")
+            shown = where if len(where) <= 80 else where[:80] + "…"
+            raise InvalidCatalog(f"catalog is nested deeper than {MAX_DEPTH} levels at {shown}")
         if isinstance(value, str):
             _check_text(value, where or "value")
         elif isinstance(value, dict):
