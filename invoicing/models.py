@@ -53,7 +53,7 @@ class Organization(Base):
         CheckConstraint("draft_grace_s >= 0", name="organization_draft_grace"),
         UniqueConstraint(
             "invoice_prefix", name="organization_invoice_prefix", deferrable=True, initially="DEFERRED"
-        ),  # migration 0006
+        ),  # migration 0007
     )
 
 

@@ -84,7 +84,7 @@ def test_yaml_aliases_for_sharing_still_work(tmp_path: Path) -> None:
 def test_nesting_too_deep_is_one_line(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"deep{suffix}"
     path.write_text('{"customers": ' + "[" * 100_000 + "]" * 100_000 + "}")
-    with pytest.raises(InvalidCatalog, match="nested deeper than 64 levels|YAML: while increasing flow level"):
+    with pytest.raises(InvalidCatalog, match=r"nested deeper than 64 levels|YAML: while increasing flow level"):
         parse_catalog(read_catalog_file(path))  # (libyaml has a depth limit of its own)
     path.write_text('{"customers": ' + "[" * 500 + "]" * 500 + "}")
     with pytest.raises(InvalidCatalog, match="nested deeper than 64 levels"):
@@ -262,7 +262,7 @@ def test_invoice_prefixes_are_unique_across_organizations(engine: Engine, databa
 
 
 @pytest.mark.integration
-def test_migration_0006_separates_prefixes_already_shared(database_url: str) -> None:
+def test_migration_0007_separates_prefixes_already_shared(database_url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -274,7 +274,7 @@ def test_migration_0006_separates_prefixes_already_shared(database_url: str) -> 
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0005")
+            command.upgrade(cfg, "0006")
         with engine.begin() as conn:
             for org in ("acme", "ac-me", "a.c.m.e"):
                 conn.execute(text(f"INSERT INTO organizations VALUES ('{org}', 'x', 'USD', 30, 'ACME', 0)"))
