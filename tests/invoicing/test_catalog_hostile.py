@@ -262,7 +262,7 @@ def test_invoice_prefixes_are_unique_across_organizations(engine: Engine, databa
 
 
 @pytest.mark.integration
-def test_migration_0007_separates_prefixes_already_shared(database_url: str) -> None:
+def test_migration_0009_separates_prefixes_already_shared(database_url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -274,7 +274,7 @@ def test_migration_0007_separates_prefixes_already_shared(database_url: str) -> 
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0006")
+            command.upgrade(cfg, "0008")
         with engine.begin() as conn:
             for org in ("acme", "ac-me", "a.c.m.e"):
                 conn.execute(text(f"INSERT INTO organizations VALUES ('{org}', 'x', 'USD', 30, 'ACME', 0)"))

@@ -1,7 +1,7 @@
 """invoice prefixes unique across organizations
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 
 Invoice numbers are `PREFIX-YEAR-000001`; two organizations with one prefix (`acme` and
 `ac-me` both defaulted to ACME) issued the same numbers. `organizations.invoice_prefix` gets
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
