@@ -159,8 +159,8 @@ def test_late_usage_that_cannot_be_rated_fails_only_its_period(engine: Engine, d
         conn.execute("UPDATE usage_totals SET closed = true")
         conn.execute("UPDATE subscriptions SET next_period_start = '2026-02-01Z', next_close_at = '2026-03-01Z'")
         conn.execute("INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, "
-                     "period_end, segment_start, value) VALUES ('beta', 'e1', 'sc2', 'calls', '2026-01-01Z', "
-                     "'2026-02-01Z', '2026-01-01Z', -1000)")
+                     "period_end, segment_start, value, aggregation, event_time, event_id) VALUES ('beta', 'e1', "
+                     "'sc2', 'calls', '2026-01-01Z', '2026-02-01Z', '2026-01-01Z', -1000, 'sum', '2026-01-20Z', 'e1')")
     march = datetime(2026, 3, 1, 2, tzinfo=UTC)
     summary = close_due(engine, as_of=march, grace=timedelta(hours=1), clock=lambda: march)
     assert (summary.invoices, summary.failed) == (8, 1)
