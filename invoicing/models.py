@@ -50,7 +50,12 @@ class Organization(Base):
     invoice_prefix: Mapped[str] = mapped_column(Text)
     # How long the close's invoices stay drafts before the `issue_drafts` job issues them (0: issued at once).
     draft_grace_s: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    __table_args__ = (CheckConstraint("draft_grace_s >= 0", name="organization_draft_grace"),)
+    __table_args__ = (
+        CheckConstraint("draft_grace_s >= 0", name="organization_draft_grace"),
+        UniqueConstraint(
+            "invoice_prefix", name="organization_invoice_prefix", deferrable=True, initially="DEFERRED"
+        ),  # migration 0009
+    )
 
 
 class Meter(Base):

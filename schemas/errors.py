@@ -4,7 +4,10 @@
     ├── InvalidInput (ValueError)    code "invalid_input"
     │   ├── InvalidPlan              code "invalid_plan"
     │   ├── InvalidUsage             code "invalid_usage"
-    │   ├── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog)
+    │   ├── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog_guards)
+    │   │   └── BilledHistoryChange  code "billed_history_change" (invoicing.catalog_guards)
+    │   ├── AsOfInFuture             code "as_of_in_future"      (invoicing.close_safety)
+    │   ├── InvoiceOutOfRange        code "invoice_out_of_range" (invoicing.close_safety)
     │   ├── InvalidCreditAmount      code "invalid_credit_amount" (invoicing.credit_notes)
     │   └── InvalidParameter         code "invalid_parameter"    (names the field; API inputs)
     ├── ResourceNotFound (LookupError) code "not_found"          (API: no such resource in the caller's organization)
