@@ -147,7 +147,9 @@ def decode_record(key: bytes | None, value: bytes | None, *, now: datetime, futu
     try:
         event = _parse(org, value)
     except msgspec.ValidationError as exc:
-        raise Rejection(Reason.SCHEMA, _schema_detail(exc)) from exc
+        detail = _schema_detail(exc)  # msgspec refuses integers past its range (thousands of digits)
+        code = Reason.VALUE_OUT_OF_RANGE if detail.startswith("Integer value out of range") else Reason.SCHEMA
+        raise Rejection(code, detail) from exc
     except msgspec.DecodeError as exc:
         raise Rejection(Reason.INVALID_JSON, str(exc)) from exc
     if event.time.tzinfo is None:

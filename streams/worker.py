@@ -243,12 +243,12 @@ def check_log(cfg: WorkerConfig, processor: BatchProcessor) -> None:
         gaps = find_gaps(cfg.bootstrap, cfg.events_topic, processor.stored_offsets())
     for p in processor.gaps.keys() - gaps.keys():
         processor.metrics.offset_gap.labels(str(p)).set(0)
-    for p, gap in gaps.items():
-        processor.metrics.offset_gap.labels(str(p)).set(1)
-        log.error("partition paused: %s", gap.describe(cfg.events_topic))
-    processor.gaps = gaps
     if gaps and cfg.until_idle:
         raise refusal(cfg.events_topic, gaps)
+    for p, gap in gaps.items():
+        processor.metrics.offset_gap.labels(str(p)).set(1)
+        log.error("partition paused: %s; run `valora worker --reset-offsets earliest`", gap.describe(cfg.events_topic))
+    processor.gaps = gaps
 
 
 def build_app(
