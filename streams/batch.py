@@ -18,6 +18,7 @@ from schemas.catalog import Aggregation
 from streams.decode import (
     MAX_ABS_VALUE,
     MAX_DECIMAL_PLACES,
+    MAX_FIELD_CHARS,
     Reason,
     Rejection,
     UsageEvent,
@@ -195,7 +196,10 @@ def _meter_value(meter: MeterView, properties: dict[str, Any]) -> tuple[Decimal,
                 Reason.SCHEMA,
                 f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is missing or not a scalar",
             )
-        return _ONE, raw if isinstance(raw, str) else str(raw)
+        distinct = raw if isinstance(raw, str) else str(raw)
+        if len(distinct) > MAX_FIELD_CHARS:
+            raise Rejection(Reason.TOO_LARGE, f"meter {meter.key!r}: a distinct value is limited to {MAX_FIELD_CHARS}")
+        return _ONE, distinct
     number = _numeric(raw)
     if number is None:
         raise Rejection(

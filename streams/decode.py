@@ -24,6 +24,7 @@ from schemas.events import CLOUD_DECODER, NATIVE_DECODER
 
 MAX_RECORD_BYTES = 1_048_576  # a record value larger than this is dead-lettered `too_large`
 MAX_DEPTH = 32  # JSON nesting levels of a whole record (the event object is level 1): `too_deep`
+MAX_FIELD_CHARS = 256  # ids, customer, type, CloudEvents source, a distinct value (`too_large`): Postgres indexes them
 MAX_ABS_VALUE = 10**12  # a meter value's magnitude (`value_out_of_range`)
 MAX_DECIMAL_PLACES = 18  # digits after the point a meter value may carry (`value_out_of_range`)
 
@@ -156,6 +157,12 @@ def decode_record(key: bytes | None, value: bytes | None, *, now: datetime, futu
         raise Rejection(Reason.SCHEMA, "field 'time' must carry a timezone offset (RFC 3339)")
     if not event.id or not event.customer or not event.type:
         raise Rejection(Reason.SCHEMA, "fields 'id', 'customer'/'subject' and 'type' must not be empty")
+    if max(len(event.id), len(event.customer), len(event.type), len(event.dedup_key) - len(event.id) - 4) > (
+        MAX_FIELD_CHARS
+    ):
+        raise Rejection(
+            Reason.TOO_LARGE, f"fields 'id', 'customer'/'subject', 'type' and 'source' are limited to {MAX_FIELD_CHARS}"
+        )
     if event.time > now + future_tolerance:
         raise Rejection(
             Reason.TOO_FAR_IN_FUTURE,

@@ -229,6 +229,8 @@ class BatchProcessor:
                     plan=plan,
                     before_commit=self._produce_dead_letters,
                 )
+            except psycopg.errors.ProgramLimitExceeded:
+                raise  # a value past a Postgres limit (e.g. an index row): the record's fault, isolated by process()
             except StaleSnapshot as exc:
                 log.info("batch planned on an older catalog (%s); planning it again", exc)
                 self.snapshot, plan = None, None  # write_batch plans on the reloaded snapshot

@@ -77,6 +77,9 @@ def nested(depth: int) -> bytes:
         (cloud(source="a\x1fb"), "schema"),
         (native({}, event_id="ce:svc\x1fe1"), "schema"),  # cannot forge a CloudEvent's dedup key
         (native({}, event_id="a\nb"), "schema"),
+        (native({}, event_id="x" * 257), "too_large"),  # ids are indexed: bounded below Postgres' row limit
+        (native({}, event_id="x" * 256), None),
+        (cloud(source="s" * 257), "too_large"),
         (b'"just a string"', "schema"),
         (b"[1, 2]", "schema"),
         (b'{"id": "x", oops', "invalid_json"),
@@ -107,6 +110,7 @@ def test_nesting_depth_ignores_strings_and_escapes() -> None:
 
 SUM = MeterView("tokens", "t", Aggregation.SUM, ("v",), {})
 SIGNED = MeterView("delta", "t", Aggregation.SUM, ("v",), {}, allow_negative=True)
+UNIQUE = MeterView("users", "t", Aggregation.UNIQUE_COUNT, ("v",), {})
 
 
 @pytest.mark.parametrize(
@@ -130,10 +134,14 @@ SIGNED = MeterView("delta", "t", Aggregation.SUM, ("v",), {}, allow_negative=Tru
         (SUM, MAX_ABS_VALUE, Decimal(MAX_ABS_VALUE)),
         (SUM, Decimal("0.000000000000000001"), Decimal("1e-18")),
         (SUM, "12.50", Decimal("12.50")),
+        (UNIQUE, "u" * 257, "too_large"),
+        (UNIQUE, 42, (Decimal(1), "42")),
     ],
 )
 def test_meter_values_are_bounded(meter: MeterView, raw: Any, expected: Any) -> None:
-    if isinstance(expected, Decimal):
+    if isinstance(expected, tuple):
+        assert _meter_value(meter, {"v": raw}) == expected
+    elif isinstance(expected, Decimal):
         assert _meter_value(meter, {"v": raw}) == (expected, None)
     else:
         with pytest.raises(Rejection) as caught:
@@ -190,7 +198,7 @@ def test_arbitrary_json_gives_an_event_or_a_reason(doc: Any) -> None:
 @settings(max_examples=300, deadline=None)
 @given(raw=json_values | st.decimals(allow_nan=True) | st.text(max_size=30))
 def test_arbitrary_property_values_give_a_number_or_a_reason(raw: Any) -> None:
-    for meter in (SUM, SIGNED, MeterView("u", "t", Aggregation.UNIQUE_COUNT, ("v",), {})):
+    for meter in (SUM, SIGNED, UNIQUE):
         try:
             value, _unique = _meter_value(meter, {"v": raw})
         except Rejection as rej:

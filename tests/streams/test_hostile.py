@@ -57,6 +57,7 @@ def poison(org: str) -> list[tuple[bytes, bytes, str]]:
         (key, native("negative", "cus_1", JAN, "llm_call", {"tokens": -5}), "negative_value"),
         (key, native("ce:svc\x1fc1", "cus_1", JAN, "llm_call", {"tokens": 1}), "schema"),  # a forged CloudEvent key
         (key, json.dumps({"specversion": "1.0", "id": "c9", "type": "llm_call"}).encode(), "schema"),
+        (key, native("i" * 3000, "cus_1", JAN, "llm_call", {"tokens": 1}), "too_large"),  # past Postgres' index row
     ]
 
 
