@@ -389,7 +389,7 @@ def write_batch(
         )
         _record_late(cur, late)
         _record_dead_letters(cur, topic, plan.dead_letters)
-        result.conflicts = record_conflicts(cur, topic, plan, bool(old_keys))
+        result.conflicts = record_conflicts(cur, topic, plan, old_keys.keys())
         advanced = _advance(cur, group, topic, records, counts) if records else {}
         # Never hand Kafka an offset below what Postgres already stored (a partition re-read after a rebalance).
         result.next_offsets = {p: max(o, stored.get(p, 0)) for p, o in advanced.items()}

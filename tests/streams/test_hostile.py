@@ -25,7 +25,17 @@ from streams.publish import publish
 from streams.worker import ensure_topics
 from tests.conftest import wait_for
 from tests.helpers import run_cli
-from tests.streams.conftest import KV, Stack, WorkerPool, Workload, assert_exact, make_catalog, make_tenants, native
+from tests.streams.conftest import (
+    KV,
+    Stack,
+    WorkerPool,
+    Workload,
+    assert_exact,
+    make_catalog,
+    make_tenants,
+    native,
+    producer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -117,11 +127,7 @@ def test_a_topic_recreated_under_the_stored_offsets_is_refused_until_reset(
     run_cli(["worker", "--until-idle"], stack.env)
     assert stack.counters().accepted == 40
 
-    admin = AdminClient({"bootstrap.servers": stack.broker})
-    for fut in admin.delete_topics([stack.topic], operation_timeout=15).values():
-        fut.result(timeout=15)
-    wait_for(lambda: stack.topic not in admin.list_topics(timeout=10).topics, timeout_s=30)
-    ensure_topics(stack.broker, {stack.topic: int(stack.env["VALORA_TOPIC_PARTITIONS"])})
+    recreate_topic(stack)
     publish(stack.broker, stack.topic, work.valid(5))  # land below the stored next offset
 
     refused = run_cli(["worker", "--until-idle"], stack.env, check=False)
@@ -177,3 +183,43 @@ def test_running_totals_are_published_while_the_worker_runs(
         consumer.close()
     assert worker.alive(), "totals must be published while the worker runs, not when it exits"
     assert WorkerPool.terminate(worker) == 0
+
+
+def produce_to(stack: Stack, partition: int, records: list[KV]) -> None:
+    """Produce to one partition explicitly (the worker does not care where an organization's records land)."""
+    prod = producer(stack.broker)
+    for key, value in records:
+        prod.produce(stack.topic, key=key, value=value, partition=partition)
+    assert prod.flush(30) == 0
+
+
+def recreate_topic(stack: Stack) -> None:
+    admin = AdminClient({"bootstrap.servers": stack.broker})
+    for fut in admin.delete_topics([stack.topic], operation_timeout=15).values():
+        fut.result(timeout=15)
+    wait_for(lambda: stack.topic not in admin.list_topics(timeout=10).topics, timeout_s=30)
+    ensure_topics(stack.broker, {stack.topic: int(stack.env["VALORA_TOPIC_PARTITIONS"])})
+
+
+def test_a_running_worker_pauses_only_the_partition_whose_offset_the_log_lost(
+    stack_factory: Callable[..., Stack], workers: WorkerPool
+) -> None:
+    stack = stack_factory()
+    tenants = make_tenants(2)
+    stack.setup(make_catalog(tenants))
+    work = Workload(tenants, seed=8)
+    produce_to(stack, 0, work.valid(20))
+    run_cli(["worker", "--until-idle"], stack.env)
+    recreate_topic(stack)
+    produce_to(stack, 0, work.valid(3))  # below partition 0's stored next offset (20)
+    produce_to(stack, 2, work.valid(15))  # partition 2 never had an offset: nothing is lost there
+
+    worker = workers.start(stack.env, "gap", metrics=True)
+    stack.wait_received(35, timeout_s=90, message="partition 2 must be read while partition 0 is paused")
+    wait_for(lambda: worker.metric('valora_worker_offset_gap{partition="0"}') == 1, timeout_s=30)
+    assert worker.alive() and "partition paused" in worker.log() and "[0]: stored next offset 20" in worker.log()
+    assert stack.received() == 35  # partition 0's three records wait for the operator
+    WorkerPool.terminate(worker)
+
+    run_cli(["worker", "--until-idle", "--reset-offsets", "earliest"], stack.env)
+    assert_exact(stack, work)
