@@ -33,6 +33,9 @@ from streams.snapshot import CatalogSnapshot, load_snapshot
 log = logging.getLogger("valora.worker")
 
 _CATALOG_REASONS = frozenset({Reason.UNKNOWN_ORGANIZATION, Reason.UNKNOWN_CUSTOMER, Reason.NO_ACTIVE_SUBSCRIPTION})
+# A dead letter's value goes to the DLQ topic only below Kafka's default message size (1 MB);
+# past it the message says `value_omitted` and the value is in the `dead_letters` row.
+_DLQ_VALUE_MAX = 900_000
 _MIN_REFRESH_S = 1.0  # at most one extra catalog load per second, however many such records arrive
 
 
@@ -136,15 +139,18 @@ class BatchProcessor:
 
     def _produce_dead_letters(self, dead: list[DeadLetter]) -> None:
         for d in dead:
-            reason = {
+            reason: dict[str, Any] = {
                 "code": d.code.value,
                 "detail": d.detail,
                 "topic": self.cfg.events_topic,
                 "partition": d.partition,
                 "offset": d.offset,
             }
+            value = d.value
+            if len(d.key or b"") + len(value or b"") > _DLQ_VALUE_MAX:
+                value, reason["value_omitted"] = None, True  # past Kafka's message size: kept in `dead_letters`
             self.producer.produce(
-                self.cfg.dlq_topic, key=d.key, value=d.value, headers=[("valora-reason", orjson.dumps(reason))]
+                self.cfg.dlq_topic, key=d.key, value=value, headers=[("valora-reason", orjson.dumps(reason))]
             )
         if dead and self.producer.flush(30) > 0:
             raise DeliveryFailed("dead letters were not delivered to the DLQ topic")
