@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from schemas.errors import ValoraError
 from streams.batch import Record
 from streams.metrics import WorkerMetrics
-from streams.offsets import Gap, find_gaps, refusal, reset_to_earliest
+from streams.offsets import find_gaps, refusal, reset_to_earliest
 from streams.processor import BatchProcessor, WorkerConfig
 from streams.sink import BatchResult
 
@@ -196,8 +196,8 @@ async def ingest_loop(
     try:
         while not should_stop():
             fetched = await consumer.getmany(timeout_ms=int(cfg.batch_within_s * 1000), max_records=cfg.batch_max)
-            if processor.gaps:
-                fetched = _without_gaps(consumer, fetched, processor.gaps)
+            if processor.gaps or consumer.paused():
+                fetched = await _hold_gaps(consumer, fetched, processor)
             records = [Record(tp.partition, r.offset, r.key, r.value) for tp, rs in fetched.items() for r in rs]
             if not records:
                 if pending is not None:
@@ -218,8 +218,16 @@ async def ingest_loop(
         await consumer.stop()
 
 
-def _without_gaps(consumer: AIOKafkaConsumer, fetched: dict[Any, Any], gaps: dict[int, Gap]) -> dict[Any, Any]:
-    """Pause the partitions whose stored offset the log lost and drop what was fetched from them."""
+async def _hold_gaps(consumer: AIOKafkaConsumer, fetched: dict[Any, Any], processor: BatchProcessor) -> dict[Any, Any]:
+    """Pause the partitions whose stored offset the log lost, dropping what was fetched from them;
+    resume those that are no longer gaps (an operator reset them) at their stored offset."""
+    gaps = processor.gaps
+    cleared = [tp for tp in consumer.paused() if tp.partition not in gaps]
+    if cleared:
+        stored = await asyncio.get_running_loop().run_in_executor(None, processor.stored_offsets)
+        for tp in cleared:
+            consumer.seek(tp, stored.get(tp.partition, 0))
+        consumer.resume(*cleared)
     held = [tp for tp in fetched if tp.partition in gaps]
     if held:
         consumer.pause(*held)

@@ -37,7 +37,7 @@ from tests.streams.conftest import (
     producer,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 JAN = "2026-01-10T00:00:00Z"
 

@@ -28,7 +28,7 @@ from streams.worker import ensure_topics
 from tests.helpers import ISSUE_CATALOG, cli_env, native_event, run_cli, write_json
 from tests.streams.conftest import Stack, read_dlq
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NOW = datetime(2026, 1, 25, tzinfo=UTC)
 POISON = native_event("poison", "cus_1", "2026-01-20T00:00:00Z", path="/explode")
