@@ -202,7 +202,7 @@ class BatchProcessor:
     def _isolate(self, records: list[Record], exc: Exception) -> BatchResult:
         if len(records) == 1:
             [rec] = records
-            if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
+            if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)):
                 code, detail = Reason.REJECTED_BY_STORE, f"Postgres refused the record: {str(exc).splitlines()[0]}"
             else:
                 code, detail = Reason.UNPROCESSABLE, f"writing the record failed: {type(exc).__name__}: {exc}"[:300]
