@@ -4,8 +4,9 @@
   reason code, interleaved with A's and B's good events; one `worker --until-idle` run counts
   every good event exactly and conservation holds.
 * A re-sent id with a different payload is counted once and recorded in `dedup_conflicts`.
-* A topic recreated under the stored offsets is refused (non-zero exit, one line) until the
-  operator runs `worker --reset-offsets earliest`, which then counts the new records.
+* A topic recreated under the stored offsets is refused: `--until-idle` exits non-zero with one
+  line, a running worker pauses only that partition (the others are counted) and sets a gauge,
+  until the operator runs `worker --reset-offsets earliest`, which then counts the new records.
 * `usage.totals` is published while the worker runs, not only when it exits.
 """
 
@@ -116,32 +117,6 @@ def test_poison_records_of_one_tenant_never_stop_or_skew_another(stack_factory: 
     assert sorted(conflicts) == sorted([(a, s.event_id) for s in llm] + [(a, "ce:svc\x1fc1")])
 
 
-def test_a_topic_recreated_under_the_stored_offsets_is_refused_until_reset(
-    stack_factory: Callable[..., Stack],
-) -> None:
-    stack = stack_factory()
-    tenants = make_tenants(1)
-    stack.setup(make_catalog(tenants))
-    work = Workload(tenants, seed=3)
-    publish(stack.broker, stack.topic, work.valid(40))
-    run_cli(["worker", "--until-idle"], stack.env)
-    assert stack.counters().accepted == 40
-
-    recreate_topic(stack)
-    publish(stack.broker, stack.topic, work.valid(5))  # land below the stored next offset
-
-    refused = run_cli(["worker", "--until-idle"], stack.env, check=False)
-    assert refused.returncode != 0
-    lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and "past the end of the log" in lines[0] and "--reset-offsets earliest" in lines[0], lines
-    assert stack.counters().received == 40  # nothing counted, nothing skipped
-
-    out = run_cli(["worker", "--until-idle", "--reset-offsets", "earliest"], stack.env)
-    assert "accepted 5" in out.stdout, out.stdout
-    assert stack.event_count() == 45
-    assert_exact(stack, work)
-
-
 def read_totals(stack: Stack, consumer: Consumer) -> dict[str, Any]:
     """Latest running total per key read so far from `usage.totals`."""
     latest: dict[str, Any] = {}
@@ -201,9 +176,10 @@ def recreate_topic(stack: Stack) -> None:
     ensure_topics(stack.broker, {stack.topic: int(stack.env["VALORA_TOPIC_PARTITIONS"])})
 
 
-def test_a_running_worker_pauses_only_the_partition_whose_offset_the_log_lost(
+def test_a_topic_recreated_under_the_stored_offsets_is_refused_paused_and_reset(
     stack_factory: Callable[..., Stack], workers: WorkerPool
 ) -> None:
+    """`--until-idle` refuses (one line, non-zero); a running worker pauses only that partition; the reset counts it."""
     stack = stack_factory()
     tenants = make_tenants(2)
     stack.setup(make_catalog(tenants))
@@ -214,6 +190,13 @@ def test_a_running_worker_pauses_only_the_partition_whose_offset_the_log_lost(
     produce_to(stack, 0, work.valid(3))  # below partition 0's stored next offset (20)
     produce_to(stack, 2, work.valid(15))  # partition 2 never had an offset: nothing is lost there
 
+    refused = run_cli(["worker", "--until-idle"], stack.env, check=False)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode != 0 and len(lines) == 1, refused.stderr
+    assert "[0]: stored next offset 20 is past the end of the log" in lines[0], lines
+    assert "--reset-offsets earliest" in lines[0]
+    assert stack.received() == 20  # nothing counted, nothing skipped
+
     worker = workers.start(stack.env, "gap", metrics=True)
     stack.wait_received(35, timeout_s=90, message="partition 2 must be read while partition 0 is paused")
     wait_for(lambda: worker.metric('valora_worker_offset_gap{partition="0"}') == 1, timeout_s=30)
@@ -221,5 +204,6 @@ def test_a_running_worker_pauses_only_the_partition_whose_offset_the_log_lost(
     assert stack.received() == 35  # partition 0's three records wait for the operator
     WorkerPool.terminate(worker)
 
-    run_cli(["worker", "--until-idle", "--reset-offsets", "earliest"], stack.env)
+    out = run_cli(["worker", "--until-idle", "--reset-offsets", "earliest"], stack.env)
+    assert "accepted 3" in out.stdout, out.stdout
     assert_exact(stack, work)
