@@ -125,6 +125,7 @@ _COUNT, _UNIQUE = Aggregation.COUNT, Aggregation.UNIQUE_COUNT
 _ONE = Decimal(1)
 
 
+_DETAIL_MAX = 500  # characters of a dead letter's detail (it may quote the offending value)
 _ROUTINGS_MAX = 100_000  # cached routings per snapshot; past it the cache starts over
 
 
@@ -237,9 +238,8 @@ def plan_batch(
                 continue
             contributions = _contributions(event, snapshot)
         except Rejection as rej:
-            plan.dead_letters.append(
-                DeadLetter(rec.partition, rec.offset, org, rej.code, rej.detail, rec.key, rec.value)
-            )
+            detail = rej.detail if len(rej.detail) <= _DETAIL_MAX else rej.detail[:_DETAIL_MAX] + "…"
+            plan.dead_letters.append(DeadLetter(rec.partition, rec.offset, org, rej.code, detail, rec.key, rec.value))
             continue
         except Exception as exc:  # one record's failure must never stop the others
             detail = f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -147,7 +147,7 @@ class BatchProcessor:
                 "offset": d.offset,
             }
             value = d.value
-            if len(d.key or b"") + len(value or b"") > _DLQ_VALUE_MAX:
+            if len(d.key or b"") + len(value or b"") + len(d.detail) > _DLQ_VALUE_MAX:
                 value, reason["value_omitted"] = None, True  # past Kafka's message size: kept in `dead_letters`
             self.producer.produce(
                 self.cfg.dlq_topic, key=d.key, value=value, headers=[("valora-reason", orjson.dumps(reason))]

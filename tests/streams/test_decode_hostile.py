@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.catalog import Aggregation
+from schemas.plans import Interval
 from streams.batch import Record, _meter_value, plan_batch
 from streams.decode import (
     MAX_ABS_VALUE,
@@ -28,7 +29,7 @@ from streams.decode import (
     decode_record,
     nesting_depth,
 )
-from streams.snapshot import CatalogSnapshot, MeterView
+from streams.snapshot import CatalogSnapshot, MeterView, SubscriptionView
 
 NOW = datetime(2026, 1, 20, tzinfo=UTC)
 TOLERANCE = timedelta(minutes=5)
@@ -215,3 +216,15 @@ def test_planning_any_batch_accounts_for_every_record(values: list[bytes | None]
     records = [Record(0, i, b"acme", v) for i, v in enumerate(values)]
     plan = plan_batch(records, snapshot, now=NOW, future_tolerance=TOLERANCE)
     assert len(plan.events) + plan.in_batch_duplicates + len(plan.dead_letters) == len(records)
+
+
+def test_a_dead_letter_detail_is_bounded_even_when_it_quotes_the_value() -> None:
+    meter = MeterView("tokens", "llm_call", Aggregation.SUM, ("tokens",), {})
+    sub = SubscriptionView("acme", "sub_1", "c", NOW - timedelta(days=30), None, NOW - timedelta(days=30),
+                           Interval.MONTH, 1, frozenset({"tokens"}))
+    snapshot = CatalogSnapshot(frozenset({"acme"}), {("acme", "llm_call"): (meter,)}, {("acme", "c"): (sub,)})
+    value = json.dumps({"id": "e", "type": "llm_call", "customer": "c", "time": WHEN,
+                        "properties": {"tokens": list(range(100_000))}}).encode()
+    plan = plan_batch([Record(0, 0, b"acme", value)], snapshot, now=NOW, future_tolerance=TOLERANCE)
+    [dead] = plan.dead_letters
+    assert dead.code is Reason.VALUE_NOT_NUMERIC and len(dead.detail) <= 501
