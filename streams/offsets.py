@@ -106,8 +106,9 @@ def _probe(consumer: Consumer, topic: str, offsets: Mapping[int, int]) -> set[in
     deadline = time.monotonic() + _PROBE_TIMEOUT_S
     while len(found) < len(offsets) and time.monotonic() < deadline:
         for msg in consumer.consume(num_messages=100, timeout=0.2):
-            if msg.error() is None and msg.offset() == offsets.get(msg.partition()):
-                found.add(msg.partition())
+            partition = msg.partition()
+            if msg.error() is None and partition is not None and msg.offset() == offsets.get(partition):
+                found.add(partition)
     return found
 
 

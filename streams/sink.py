@@ -328,8 +328,8 @@ def _without_replays(plan: BatchPlan, stored: dict[int, int]) -> BatchPlan:
         return offset >= stored.get(partition, 0)
 
     events = [(ev, rec) for ev, rec in plan.events if fresh(rec.partition, rec.offset)]
-    others = (*plan.dead_letters, *(rec for _, rec in plan.conflicts))
-    if len(events) == len(plan.events) and all(fresh(x.partition, x.offset) for x in others):
+    others = [(d.partition, d.offset) for d in plan.dead_letters] + [(r.partition, r.offset) for _, r in plan.conflicts]
+    if len(events) == len(plan.events) and all(fresh(p, o) for p, o in others):
         return plan
     keys = {(ev.organization, ev.dedup_key) for ev, _ in events}
     return BatchPlan(
