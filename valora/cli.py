@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from schemas.errors import InvalidInput, ValoraError
+from valora.cli_api import add_api_parsers
 from valora.cli_billing import add_billing_parsers
 from valora.cli_common import (
     CliError,
@@ -171,7 +172,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     settings = load_settings()
-    if args.kind == "pipeline":
+    if args.kind == "api":
+        from bench.api import run_api_bench
+
+        result = run_api_bench(settings, events=args.events)
+    elif args.kind == "pipeline":
         from bench.pipeline import run_pipeline_bench
 
         result = run_pipeline_bench(settings, events=args.events)
@@ -226,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     sched.set_defaults(func=cmd_scheduler)
 
     add_billing_parsers(sub)
+    add_api_parsers(sub)
 
     quote = sub.add_parser("quote", help="price a plan offline")
     quote.add_argument("--plan", required=True)
@@ -237,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     quote.set_defaults(func=cmd_quote)
 
     bench = sub.add_parser("bench", help="benchmarks (figures and ratios from one run)")
-    bench.add_argument("kind", choices=["pipeline", "close"])
+    bench.add_argument("kind", choices=["pipeline", "close", "api"])
     bench.add_argument("--events", type=int, default=200_000)
     bench.add_argument("--subscriptions", type=int, default=100_000)
     bench.add_argument("--json", action="store_true")
