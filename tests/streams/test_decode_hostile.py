@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.catalog import Aggregation
+from schemas.errors import InvalidParameter
 from schemas.plans import Interval
 from streams.batch import Record, _meter_value, plan_batch
 from streams.decode import (
@@ -29,6 +30,7 @@ from streams.decode import (
     decode_record,
     nesting_depth,
 )
+from streams.ingest import split_body
 from streams.snapshot import CatalogSnapshot, MeterView, SubscriptionView
 
 NOW = datetime(2026, 1, 20, tzinfo=UTC)
@@ -228,3 +230,10 @@ def test_a_dead_letter_detail_is_bounded_even_when_it_quotes_the_value() -> None
     plan = plan_batch([Record(0, 0, b"acme", value)], snapshot, now=NOW, future_tolerance=TOLERANCE)
     [dead] = plan.dead_letters
     assert dead.code is Reason.VALUE_NOT_NUMERIC and len(dead.detail) <= 501
+
+
+def test_http_ingestion_refuses_a_body_nested_past_the_limit_before_parsing_it() -> None:
+    for body in (b"[" * 100_000, b'{"a":' * 100_000, b"[" + nested(MAX_DEPTH) + b"]"):
+        with pytest.raises(InvalidParameter, match="nested at most"):
+            split_body(body)
+    assert split_body(b"[" + nested(MAX_DEPTH - 1) + b"]") == [nested(MAX_DEPTH - 1)]

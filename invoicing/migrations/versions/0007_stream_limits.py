@@ -1,7 +1,7 @@
 """stream limits: negative meter values, re-send conflicts
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 
 * `meters.allow_negative`: whether the meter accepts negative values (default false: the
   worker dead-letters them `negative_value`). Existing meters: false.
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
