@@ -1,7 +1,7 @@
 """stream limits: negative meter values, re-send conflicts
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 
 * `meters.allow_negative`: whether the meter accepts negative values (default false: the
   worker dead-letters them `negative_value`). Existing meters: false.
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision = "0007"
-down_revision = "0006"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
