@@ -16,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rating.timeline import PlanHistory
 from schemas.catalog import Aggregation
 from schemas.errors import InvalidParameter
-from schemas.plans import Interval
+from schemas.plans import Interval, Plan
 from streams.batch import Record, _meter_value, plan_batch
 from streams.decode import (
     MAX_ABS_VALUE,
@@ -222,8 +223,10 @@ def test_planning_any_batch_accounts_for_every_record(values: list[bytes | None]
 
 def test_a_dead_letter_detail_is_bounded_even_when_it_quotes_the_value() -> None:
     meter = MeterView("tokens", "llm_call", Aggregation.SUM, ("tokens",), {})
+    plan = Plan.model_validate({"code": "p", "currency": "USD",
+                                "charges": [{"key": "t", "model": "per_unit", "meter": "tokens", "unit_amount": "1"}]})
     sub = SubscriptionView("acme", "sub_1", "c", NOW - timedelta(days=30), None, NOW - timedelta(days=30),
-                           Interval.MONTH, 1, frozenset({"tokens"}))
+                           Interval.MONTH, 1, PlanHistory(plan))
     snapshot = CatalogSnapshot(frozenset({"acme"}), {("acme", "llm_call"): (meter,)}, {("acme", "c"): (sub,)})
     value = json.dumps({"id": "e", "type": "llm_call", "customer": "c", "time": WHEN,
                         "properties": {"tokens": list(range(100_000))}}).encode()
