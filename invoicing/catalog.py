@@ -280,6 +280,7 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
                     "aggregation": x.aggregation.value,
                     "value_property": x.value_property,
                     "filters": None if x.filters is None else json.loads(json.dumps(x.filters, default=str)),
+                    "allow_negative": x.allow_negative,
                 }
                 for x in cat.meters
             ],

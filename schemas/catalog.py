@@ -117,6 +117,9 @@ class Meter(_Frozen):
     aggregation: Aggregation
     value_property: str | None = Field(default=None, pattern=r"^[^.]+(\.[^.]+)*$")
     filters: dict[str, tuple[Any, ...]] | None = None
+    allow_negative: bool = Field(
+        default=False, description="Accept negative values; otherwise the worker dead-letters them `negative_value`."
+    )
 
     @model_validator(mode="after")
     def _value_property_when_needed(self) -> Meter:

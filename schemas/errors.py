@@ -29,6 +29,7 @@
     ├── InvoiceLineNotFound (LookupError) code "invoice_line_not_found" (invoicing.credit_notes)
     ├── CreditNoteNotFound (LookupError) code "credit_note_not_found" (invoicing.credit_notes)
     ├── SubscriptionNotFound (LookupError) code "subscription_not_found" (invoicing.subscriptions)
+    ├── OffsetsOutOfRange            code "offsets_out_of_range" (streams.offsets)
     └── WorkerCrashed                code "worker_crashed"       (streams.worker)
 
 The subclasses live with the code that raises them (named in brackets above).

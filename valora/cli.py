@@ -94,6 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         batch_max=settings.batch_max,
         future_tolerance=settings.future_tolerance,
         until_idle=args.until_idle,
+        reset_offsets=args.reset_offsets == "earliest",
         metrics_port=settings.metrics_port,
         session_timeout_ms=settings.session_timeout_ms,
     )
@@ -211,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run the stream worker (Faust)")
     worker.add_argument("--until-idle", action="store_true", help="exit once everything present at start is processed")
+    worker.add_argument(
+        "--reset-offsets",
+        choices=["earliest"],
+        help="read partitions whose stored offset the log no longer holds from the log start (see ARCHITECTURE.md)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     close = sub.add_parser("close", help="close ended billing periods and write invoices")
