@@ -34,6 +34,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from invoicing.close import CloseSummary, close_batch
+from invoicing.close_safety import outstanding_failures
 from invoicing.commands import issue_due_drafts
 from invoicing.metrics import SchedulerMetrics
 from invoicing.subscription_jobs import end_trials, mark_overdue, reactivate_paid
@@ -109,6 +110,7 @@ class Scheduler:
                     log.warning("deferred: %s", error)
                 if batch.batches == 0 or batch.invoices + batch.ended == 0:
                     break
+            self.metrics.close_failing.set(len(outstanding_failures(self.engine)))
 
         self._run_job(job, body)
         return total

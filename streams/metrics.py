@@ -55,6 +55,17 @@ class WorkerMetrics:
         )
         for reason in Reason:  # a series per reason from the start, so the first dead letter shows in rate()
             self.dead_lettered.labels(reason.value)
+        self.conflicts = Counter(
+            "valora_worker_dedup_conflicts_total",
+            "Re-sent events whose payload differs from the one counted (rows in dedup_conflicts)",
+            registry=registry,
+        )
+        self.offset_gap = Gauge(
+            "valora_worker_offset_gap",
+            "1 while the log no longer holds the partition's stored next offset (the partition is paused)",
+            ["partition"],
+            registry=registry,
+        )
         self.summary: Tally[str] = Tally()
 
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
@@ -66,6 +77,7 @@ class WorkerMetrics:
         self.duplicates.inc(result.duplicates)
         self.replayed.inc(result.replayed)
         self.late.inc(result.late)
+        self.conflicts.inc(result.conflicts)
         for dead in result.dead_letters:
             self.dead_lettered.labels(dead.code.value).inc()
         self.summary.update(
@@ -74,5 +86,6 @@ class WorkerMetrics:
             duplicates=result.duplicates,
             dead_lettered=len(result.dead_letters),
             late=result.late,
+            conflicts=result.conflicts,
             batches=1,
         )
