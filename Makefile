@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 # Re-resolves every runtime and dev dependency within pyproject's ranges (run after changing them).
+# requirements-runtime.lock (the container image's) is the runtime subset, held to the same pins.
 lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
 		--generate-hashes --quiet -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+		--generate-hashes --quiet -c requirements.lock -o requirements-runtime.lock
 
 demo: $(STAMP)
 	$(BIN)/valora demo

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+JOBS = ("close", "issue_drafts", "trials", "overdue")  # the scheduler's jobs, in the order a tick runs them
+
 
 class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -47,3 +49,20 @@ class SchedulerMetrics:
             "How late the last tick started against its schedule",
             registry=registry,
         )
+        self._start_series()
+
+    def _start_series(self) -> None:
+        """Create each known (job, reason, resource) series at zero.
+
+        A labelled counter has no series until its first increment, so `increase()` would miss
+        the first error or timeout and the dashboard's panels would be empty rather than zero.
+        """
+        for job in JOBS:
+            self.job_runs.labels(job)
+            self.job_duration.labels(job)
+            self.batch_processed.labels(job)
+            self.job_timeouts.labels(job, "database")
+            for reason in ("database_unavailable", "statement_timeout"):
+                self.job_errors.labels(job, reason)
+        self.job_timeouts.labels("close", "budget")
+        self.batch_deferred.labels("close", "rating_failed")

@@ -72,6 +72,16 @@ class Scheduler:
         self.engine, self.cfg, self.metrics, self.clock = engine, cfg, metrics, clock
         self.stop_event = threading.Event()
         self.plans: dict[tuple[str, str], Plan] = {}
+        self.heartbeat: float | None = None  # monotonic time of the run loop's last step (readiness)
+
+    @property
+    def stall_after_s(self) -> float:
+        """How long without a heartbeat means stuck: a tick's wait plus two statements at their timeout.
+
+        The loop beats when each job starts and after each close batch, so a healthy gap is at
+        most one tick's wait or one batch, whose statements the statement timeout bounds.
+        """
+        return self.cfg.tick_s + 2 * self.cfg.statement_timeout_ms / 1000 + 30.0
 
     def run_close_job(self) -> CloseSummary:
         """Close due periods batch by batch until none is claimable or the budget is spent."""
@@ -93,6 +103,7 @@ class Scheduler:
                     plans=self.plans,
                 )
                 total.add(batch)
+                self.heartbeat = time.monotonic()
                 self.metrics.batch_processed.labels(job).inc(batch.invoices + batch.ended)
                 for error in batch.errors:
                     self.metrics.batch_deferred.labels(job, "rating_failed").inc()
@@ -141,7 +152,7 @@ class Scheduler:
     def _run_job(self, job: str, body: Callable[[float], None]) -> None:
         """Run one job with its metrics (`job` label); a failure is counted and logged, never raised."""
         self.metrics.job_runs.labels(job).inc()
-        started = time.monotonic()
+        started = self.heartbeat = time.monotonic()
         try:
             body(started)
         except DBAPIError as exc:
@@ -161,7 +172,8 @@ class Scheduler:
         total = CloseSummary()
         next_tick = time.monotonic()
         while not self.stop_event.is_set():
-            self.metrics.runloop_lag.set(max(0.0, time.monotonic() - next_tick))
+            self.heartbeat = time.monotonic()
+            self.metrics.runloop_lag.set(max(0.0, self.heartbeat - next_tick))
             total.add(self.run_close_job())
             self.run_issue_drafts_job()
             self.run_trials_job()

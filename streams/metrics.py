@@ -9,6 +9,7 @@ from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streams.decode import Reason
 from streams.sink import BatchResult
 
 
@@ -46,6 +47,14 @@ class WorkerMetrics:
         self.lag = Gauge(
             "valora_worker_consumer_lag", "Records behind the high watermark", ["partition"], registry=registry
         )
+        self.freshness = Histogram(
+            "valora_worker_freshness_seconds",
+            "Age of a batch's oldest record (its Kafka timestamp) when its totals committed to Postgres",
+            registry=registry,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+        )
+        for reason in Reason:  # a series per reason from the start, so the first dead letter shows in rate()
+            self.dead_lettered.labels(reason.value)
         self.conflicts = Counter(
             "valora_worker_dedup_conflicts_total",
             "Re-sent events whose payload differs from the one counted (rows in dedup_conflicts)",

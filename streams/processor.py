@@ -59,7 +59,6 @@ class WorkerConfig:
     snapshot_refresh_s: float = 10.0
     session_timeout_ms: int = 10000
     until_idle: bool = False
-    metrics_port: int | None = None
     idle_quiet_s: float = 2.0
     reset_offsets: bool = False  # move stored offsets the log no longer holds to its start (streams.offsets)
     offset_check_s: float = 30.0  # how often a running worker re-checks that the log holds its offsets
@@ -85,6 +84,7 @@ class BatchProcessor:
         self.producer = Producer({"bootstrap.servers": cfg.bootstrap, "enable.idempotence": True, "linger.ms": 5})
         self.offsets: dict[int, int] = {}
         self.crash: BaseException | None = None
+        self.heartbeat: float | None = None  # monotonic time of the ingest loop's last turn (readiness)
         self.gaps: dict[int, Gap] = {}  # partitions paused: the log no longer holds their stored offset
         self.touched: set[tuple[str, str, datetime]] = set()
         self._touched_lock = threading.Lock()  # the writer adds, the totals timer takes

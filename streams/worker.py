@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from prometheus_client import CollectorRegistry
 
 from schemas.errors import ValoraError
 from streams.batch import Record
@@ -150,6 +151,13 @@ def _tune_interpreter() -> None:
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
 
 
+async def _end_offset(consumer: AIOKafkaConsumer, tp: Any) -> int | None:
+    try:
+        return (await consumer.end_offsets([tp])).get(tp)  # type: ignore[no-any-return]
+    except KafkaError:
+        return None
+
+
 async def ingest_loop(
     cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | None, should_stop: Callable[[], bool]
 ) -> None:
@@ -186,8 +194,13 @@ async def ingest_loop(
         }
         for tp, meta in commits.items():  # lag from the high watermark the last fetch reported
             highwater = consumer.highwater(tp)
+            if highwater is None:  # no fetch response recorded since the (re)assignment: ask the broker
+                highwater = await _end_offset(consumer, tp)
             if highwater is not None:
                 processor.metrics.lag.labels(str(tp.partition)).set(max(0, highwater - meta.offset))
+        oldest_ms = min((rs[0].timestamp for rs in job[1].values() if rs), default=None)  # in order per partition
+        if oldest_ms is not None and oldest_ms >= 0:
+            processor.metrics.freshness.observe(max(0.0, time.time() - oldest_ms / 1000))
         try:
             await consumer.commit(commits)
         except KafkaError as exc:  # a rebalance took the partition: Postgres offsets still guard
@@ -195,6 +208,7 @@ async def ingest_loop(
 
     try:
         while not should_stop():
+            processor.heartbeat = time.monotonic()
             fetched = await consumer.getmany(timeout_ms=int(cfg.batch_within_s * 1000), max_records=cfg.batch_max)
             if processor.gaps or consumer.paused():
                 fetched = await _hold_gaps(consumer, fetched, processor)
@@ -322,14 +336,21 @@ def build_app(
     return app
 
 
-def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> dict[str, int]:
+def run_worker(
+    cfg: WorkerConfig,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    serve: Callable[[CollectorRegistry, BatchProcessor], object] | None = None,
+) -> dict[str, int]:
     """Run the Faust worker; with `until_idle`, return once everything present at start is committed.
+
+    `serve` (the CLI's metrics and health listener) gets the registry and the processor, whose
+    `heartbeat` and `crash` say whether the ingest loop turns.
 
     Raises:
         WorkerCrashed: the worker stopped on an error (one line for the CLI).
     """
     from faust.worker import Worker
-    from prometheus_client import CollectorRegistry, start_http_server
 
     ensure_topics(
         cfg.bootstrap,
@@ -338,9 +359,9 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
     )
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    if cfg.metrics_port is not None:
-        start_http_server(cfg.metrics_port, registry=registry)
     processor = BatchProcessor(cfg, metrics, clock)
+    if serve is not None:
+        serve(registry, processor)
     check_log(cfg, processor)
     idle: IdleWatch | None = None
     if cfg.until_idle:

@@ -95,10 +95,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         future_tolerance=settings.future_tolerance,
         until_idle=args.until_idle,
         reset_offsets=args.reset_offsets == "earliest",
-        metrics_port=settings.metrics_port,
         session_timeout_ms=settings.session_timeout_ms,
     )
-    summary = run_worker(cfg)
+    from valora.telemetry import worker_listener
+
+    listener = None
+    if settings.metrics_port is not None:
+        listener = worker_listener(settings.metrics_addr, settings.metrics_port, cfg.bootstrap, database_url)
+    summary = run_worker(cfg, serve=listener)
     if args.until_idle:
         print("worker idle: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.items())))
     return 0
@@ -131,20 +135,23 @@ def cmd_close(args: argparse.Namespace) -> int:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     import signal
 
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from invoicing.metrics import SchedulerMetrics
     from invoicing.scheduler import Scheduler, SchedulerConfig
+    from valora import telemetry as t
 
     settings = load_settings()
     registry = CollectorRegistry()
     metrics = SchedulerMetrics(registry)
-    if settings.metrics_port is not None:
-        start_http_server(settings.metrics_port, registry=registry)
     cfg = SchedulerConfig(
         tick_s=args.tick, batch_size=args.batch, late_grace=settings.late_grace, job_budget_s=args.budget
     )
     scheduler = Scheduler(connect_engine(settings), cfg, metrics, now_utc)
+    if settings.metrics_port is not None:  # ready: the database answers and the run loop steps
+        checks = {"database": t.database_check(resolve_database_url(settings))}
+        health = t.Health(heartbeat=lambda: scheduler.heartbeat, stall_after_s=scheduler.stall_after_s, checks=checks)
+        t.serve_metrics(settings.metrics_addr, settings.metrics_port, registry, health)
     signal.signal(signal.SIGTERM, lambda *_: scheduler.stop_event.set())
     summary = scheduler.run(once=args.once)
     print(f"scheduler stopped: {summary.invoices} invoice(s), {summary.failed} deferred")

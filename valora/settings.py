@@ -47,6 +47,7 @@ class Settings:
     batch_max: int
     metrics_port: int | None
     session_timeout_ms: int
+    metrics_addr: str = "127.0.0.1"  # loopback unless told: metrics and health are not for the internet
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -66,4 +67,5 @@ class Settings:
             batch_max=_int(env, "VALORA_BATCH_MAX", 5000),
             metrics_port=int(metrics) if metrics else None,
             session_timeout_ms=_int(env, "VALORA_SESSION_TIMEOUT_MS", 10000),
+            metrics_addr=env.get("VALORA_METRICS_ADDR") or "127.0.0.1",
         )

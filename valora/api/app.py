@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
@@ -79,7 +79,9 @@ def create_app(ctx: ApiContext, registry: CollectorRegistry | None = None) -> Fa
     """The app for one process; `ctx` carries the engine, producer and clock (tests inject theirs)."""
     from schemas.errors import ValoraError
 
-    registry = registry or CollectorRegistry()
+    if registry is None:
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # RSS and CPU for the dashboard's process row, as the worker has
     app = FastAPI(
         title="Valora API",
         version="1",
