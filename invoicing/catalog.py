@@ -74,6 +74,15 @@ _ExactLoader.yaml_implicit_resolvers = {
 }
 
 
+def load_yaml(text: str) -> Any:
+    """YAML with the safe loader and exact decimals (see `_ExactLoader`); shared with `valora quote`.
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_ExactLoader)  # a SafeLoader subclass: builds no objects
+
+
 def read_catalog_file(path: Path) -> Any:
     """Read JSON (numbers as exact Decimals) or YAML, by extension."""
     try:
@@ -82,7 +91,7 @@ def read_catalog_file(path: Path) -> Any:
         raise InvalidCatalog(f"cannot read catalog {path}: {exc.strerror}") from exc
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            return yaml.load(text, Loader=_ExactLoader)  # a SafeLoader subclass: builds no objects
+            return load_yaml(text)
         return json.loads(text, parse_float=Decimal)
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]

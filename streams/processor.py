@@ -56,6 +56,8 @@ class WorkerConfig:
     until_idle: bool = False
     metrics_port: int | None = None
     idle_quiet_s: float = 2.0
+    data_dir: str | None = None  # Faust's data directory; None: a temporary one, removed on exit
+    log_level: str = "warning"
 
 
 def stored_offsets(conn: psycopg.Connection[Any], group: str, topic: str) -> dict[int, int]:

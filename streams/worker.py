@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -212,7 +212,7 @@ async def ingest_loop(
 
 
 def build_app(
-    cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | None, stop: Callable[[], None]
+    cfg: WorkerConfig, processor: BatchProcessor, idle: IdleWatch | None, stop: Callable[[], None], data_dir: str
 ) -> faust.App:
     """The Faust app hosting the worker: lifecycle, signals, timers, and the ingest task.
 
@@ -223,6 +223,7 @@ def build_app(
         f"{cfg.group}-host",
         broker=f"kafka://{cfg.bootstrap}",
         store="memory://",
+        datadir=data_dir,  # never `<app id>-data` in the working directory
         web_enabled=False,
         topic_allow_declare=False,
         broker_session_timeout=cfg.session_timeout_ms / 1000,
@@ -279,10 +280,11 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
         if holder and not holder[0].should_stop and not stopping:
             stopping.add(asyncio.ensure_future(holder[0].stop()))
 
-    app = build_app(cfg, processor, idle, stop)
+    scratch = None if cfg.data_dir else tempfile.TemporaryDirectory(prefix="valora-worker-")
+    app = build_app(cfg, processor, idle, stop, cfg.data_dir or scratch.name)  # type: ignore[union-attr]
     worker = Worker(
         app,
-        loglevel=os.environ.get("VALORA_LOG_LEVEL", "warning"),
+        loglevel=cfg.log_level,
         quiet=True,
         redirect_stdouts=False,
         override_logging=False,
@@ -295,6 +297,9 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
         if exc.code not in (0, None):
             reason = worker.crash_reason or app.crash_reason
             raise WorkerCrashed(f"worker stopped: {reason or f'exit code {exc.code}'}") from None
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     if processor.crash is not None:
         raise WorkerCrashed(f"worker stopped: {processor.crash}")
     processor.publish_totals()  # what the last batches touched

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from schemas.errors import InvalidInput
 from valora.cli_common import connect_engine, load_settings, now_utc, parse_time
 
 
@@ -57,7 +58,12 @@ def cmd_invoice_state(args: argparse.Namespace) -> int:
 
 
 def _default_actor() -> str:
-    return f"cli:{os.environ.get('USER') or 'unknown'}"
+    """`cli:<OS user name>` (from the login name or the password database), else plain `cli`."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError, ImportError):  # no login name and no passwd entry (some containers)
+        return "cli"
+    return f"cli:{user}" if user else "cli"
 
 
 def cmd_invoice_credit(args: argparse.Namespace) -> int:
@@ -116,7 +122,10 @@ def cmd_credit_note_show(args: argparse.Namespace) -> int:
 
 def _write_out(out: str, path: str | None) -> None:
     if path:
-        Path(path).write_text(out, encoding="utf-8")
+        try:
+            Path(path).write_text(out, encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from None
         print(f"wrote {path}")
     else:
         sys.stdout.write(out)
@@ -172,7 +181,7 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
             args.plan,
             at=args.at or now,
             now=now,
-            actor=args.actor or f"cli:{os.environ.get('USER') or 'unknown'}",
+            actor=args.actor or _default_actor(),
             reason=args.reason or "requested by hand",
         )
     else:
@@ -225,7 +234,7 @@ def _add_credit_parsers(inv_actions: Any) -> None:
     credit = inv_actions.add_parser(
         "credit", help="issue a credit note against an issued or paid invoice: all of it, whole lines, or an amount"
     )
-    credit.add_argument("invoice_id", metavar="ID")
+    credit.add_argument("invoice_id", metavar="ID", help="invoice id or number")
     credit.add_argument("--reason", required=True, help="why; printed on the credit note")
     what = credit.add_mutually_exclusive_group(required=True)
     what.add_argument("--all", action="store_true", help="credit everything that remains creditable")
@@ -234,18 +243,18 @@ def _add_credit_parsers(inv_actions: Any) -> None:
     )
     what.add_argument("--amount", metavar="DECIMAL", help="credit exactly this amount in the invoice's currency")
     credit.add_argument("--org", help="the organization that must own the invoice")
-    credit.add_argument("--actor", help="who issued it (default: cli:$USER)")
+    credit.add_argument("--actor", help="who issued it (default: cli:<OS user name>)")
     credit.add_argument("--at", type=parse_time, default=None, help="RFC 3339 issue time (default: now)")
     credit.add_argument("--json", action="store_true", help="print the credit note as JSON")
     credit.set_defaults(func=cmd_invoice_credit)
 
     show = inv_actions.add_parser("show-credit-note", help="one credit note as text, JSON, or a standalone HTML page")
-    show.add_argument("credit_note", metavar="NUMBER_OR_ID")
+    show.add_argument("credit_note", metavar="NUMBER_OR_ID", help="credit note number or id")
     show.add_argument("--org", help="the organization, when several use the same number")
     show_format = show.add_mutually_exclusive_group()
-    show_format.add_argument("--json", action="store_true")
-    show_format.add_argument("--html", action="store_true")
-    show.add_argument("--out", help="write to this file instead of stdout")
+    show_format.add_argument("--json", action="store_true", help="print JSON")
+    show_format.add_argument("--html", action="store_true", help="print a standalone HTML page")
+    show.add_argument("--out", metavar="FILE", help="write to this file instead of stdout")
     show.set_defaults(func=cmd_credit_note_show)
 
 
@@ -254,29 +263,29 @@ def add_billing_parsers(sub: Any) -> None:
     inv = sub.add_parser("invoices", help="list and show invoices, and move them through their lifecycle")
     inv_actions = inv.add_subparsers(dest="action", required=True)
     inv_list = inv_actions.add_parser("list", help="an organization's invoices")
-    inv_list.add_argument("--org", required=True)
-    inv_list.add_argument("--customer")
-    inv_list.add_argument("--json", action="store_true")
+    inv_list.add_argument("--org", required=True, help="organization id")
+    inv_list.add_argument("--customer", help="only this customer's invoices")
+    inv_list.add_argument("--json", action="store_true", help="print the invoices as JSON")
     inv_list.set_defaults(func=cmd_invoices)
 
     show = inv_actions.add_parser("show", help="one invoice as a table, JSON, or a standalone HTML page")
     show.add_argument("invoice_id", metavar="ID")
     show_format = show.add_mutually_exclusive_group()
-    show_format.add_argument("--json", action="store_true")
-    show_format.add_argument("--html", action="store_true")
-    show.add_argument("--out", help="write to this file instead of stdout")
+    show_format.add_argument("--json", action="store_true", help="print JSON")
+    show_format.add_argument("--html", action="store_true", help="print a standalone HTML page")
+    show.add_argument("--out", metavar="FILE", help="write to this file instead of stdout")
     show.set_defaults(func=cmd_invoice_show)
 
     for action, help_text in INVOICE_ACTIONS.items():
         change = inv_actions.add_parser(action, help=help_text)
-        change.add_argument("invoice_id", metavar="ID")
+        change.add_argument("invoice_id", metavar="ID", help="invoice id or number")
         default_reason = DEFAULT_REASONS.get(action)
         change.add_argument(
             "--reason",
             required=default_reason is None,
             help="recorded in the status history" + (f" (default: {default_reason!r})" if default_reason else ""),
         )
-        change.add_argument("--actor", help="who made the change (default: cli:$USER)")
+        change.add_argument("--actor", help="who made the change (default: cli:<OS user name>)")
         change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
         change.add_argument("--json", action="store_true", help="print the invoice as JSON")
         change.set_defaults(func=cmd_invoice_state)
@@ -288,9 +297,9 @@ def add_billing_parsers(sub: Any) -> None:
     )
     subs_actions = subs.add_subparsers(dest="action", required=True)
     subs_show = subs_actions.add_parser("show", help="one subscription with its status history")
-    subs_show.add_argument("org", metavar="ORG")
-    subs_show.add_argument("subscription", metavar="SUB")
-    subs_show.add_argument("--json", action="store_true")
+    subs_show.add_argument("org", metavar="ORG", help="organization id")
+    subs_show.add_argument("subscription", metavar="SUB", help="subscription id")
+    subs_show.add_argument("--json", action="store_true", help="print the subscription as JSON")
     subs_show.set_defaults(func=cmd_subscriptions)
     subs_help = {
         "cancel": "cancel now (the close bills a final, prorated invoice), or with --at-period-end when it ends",
@@ -298,12 +307,12 @@ def add_billing_parsers(sub: Any) -> None:
     }
     for action, help_text in subs_help.items():
         change = subs_actions.add_parser(action, help=help_text)
-        change.add_argument("org", metavar="ORG")
-        change.add_argument("subscription", metavar="SUB")
+        change.add_argument("org", metavar="ORG", help="organization id")
+        change.add_argument("subscription", metavar="SUB", help="subscription id")
         if action == "cancel":
             change.add_argument("--at-period-end", action="store_true", help="end at the current period's end instead")
         change.add_argument("--reason", help="recorded in the status history")
-        change.add_argument("--actor", help="who made the change (default: cli:$USER)")
+        change.add_argument("--actor", help="who made the change (default: cli:<OS user name>)")
         change.add_argument("--at", type=parse_time, default=None, help="RFC 3339 time of the change (default: now)")
         change.add_argument("--json", action="store_true", help="print the subscription as JSON")
         change.set_defaults(func=cmd_subscriptions)
@@ -312,21 +321,21 @@ def add_billing_parsers(sub: Any) -> None:
         "change-plan",
         help="bill under another plan from now (or --at) on: the period splits there, prorated to the second",
     )
-    plan_change.add_argument("org", metavar="ORG")
-    plan_change.add_argument("subscription", metavar="SUB")
+    plan_change.add_argument("org", metavar="ORG", help="organization id")
+    plan_change.add_argument("subscription", metavar="SUB", help="subscription id")
     plan_change.add_argument("--plan", required=True, help="code of the plan to move to")
     plan_change.add_argument(
         "--at", type=parse_time, default=None, help="RFC 3339 instant it takes effect (default: now)"
     )
     plan_change.add_argument("--reason", help="recorded with the change")
-    plan_change.add_argument("--actor", help="who made the change (default: cli:$USER)")
+    plan_change.add_argument("--actor", help="who made the change (default: cli:<OS user name>)")
     plan_change.add_argument("--json", action="store_true", help="print the subscription as JSON")
     plan_change.set_defaults(func=cmd_subscriptions)
 
     usage = sub.add_parser("usage", help="running totals of the current period, or late usage")
-    usage.add_argument("--org", required=True)
-    usage.add_argument("--customer")
+    usage.add_argument("--org", required=True, help="organization id")
+    usage.add_argument("--customer", help="only this customer's subscriptions")
     usage.add_argument("--at", type=parse_time, default=None, help="the period containing this time (default: now)")
     usage.add_argument("--late", action="store_true", help="usage that arrived after its period was invoiced")
-    usage.add_argument("--json", action="store_true")
+    usage.add_argument("--json", action="store_true", help="print JSON")
     usage.set_defaults(func=cmd_usage)
