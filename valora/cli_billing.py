@@ -14,10 +14,13 @@ from valora.cli_common import connect_engine, load_settings, now_utc, parse_time
 
 
 def cmd_invoices(args: argparse.Namespace) -> int:
+    from invoicing.lookup import require_organization
     from invoicing.queries import list_invoices
     from valora.render import invoice_table
 
-    invoices = list_invoices(connect_engine(load_settings()), args.org, args.customer)
+    engine = connect_engine(load_settings())
+    require_organization(engine, args.org, args.customer)
+    invoices = list_invoices(engine, args.org, args.customer)
     if args.json:
         print(json.dumps(invoices, indent=2))
     else:
@@ -36,7 +39,9 @@ DEFAULT_REASONS = {"issue": "issued by hand", "mark-paid": "payment recorded"}
 
 def cmd_invoice_state(args: argparse.Namespace) -> int:
     from invoicing import commands
+    from invoicing.lookup import resolve_invoice_id
 
+    engine = connect_engine(load_settings())
     command = {
         "issue": commands.issue_invoice,
         "void": commands.void_invoice,
@@ -44,8 +49,8 @@ def cmd_invoice_state(args: argparse.Namespace) -> int:
         "mark-uncollectible": commands.mark_uncollectible,
     }[args.action]
     invoice = command(
-        connect_engine(load_settings()),
-        args.invoice_id,
+        engine,
+        resolve_invoice_id(engine, args.invoice_id, organization=args.org),
         now=args.at or now_utc(),
         actor=args.actor or _default_actor(),
         reason=args.reason or DEFAULT_REASONS[args.action],
@@ -68,6 +73,7 @@ def _default_actor() -> str:
 
 def cmd_invoice_credit(args: argparse.Namespace) -> int:
     from invoicing.credit_notes import CreditAll, CreditAmount, CreditLines, credit_invoice, parse_credit_amount
+    from invoicing.lookup import resolve_invoice_id
     from rating.money import format_minor
 
     request: CreditAll | CreditLines | CreditAmount
@@ -77,9 +83,10 @@ def cmd_invoice_credit(args: argparse.Namespace) -> int:
         request = CreditLines(tuple(args.line))
     else:
         request = CreditAmount(parse_credit_amount(args.amount))
+    engine = connect_engine(load_settings())
     note = credit_invoice(
-        connect_engine(load_settings()),
-        args.invoice_id,
+        engine,
+        resolve_invoice_id(engine, args.invoice_id, organization=args.org),
         request,
         now=args.at or now_utc(),
         actor=args.actor or _default_actor(),
@@ -98,7 +105,7 @@ def cmd_credit_note_show(args: argparse.Namespace) -> int:
     from invoicing.commands import invoice_parties
     from invoicing.credit_notes import get_credit_note
     from invoicing.html import render_credit_note_html
-    from rating.money import format_minor
+    from valora.render import amount_rows
 
     engine = connect_engine(load_settings())
     note = get_credit_note(engine, args.credit_note, organization=args.org)
@@ -110,11 +117,9 @@ def cmd_credit_note_show(args: argparse.Namespace) -> int:
     else:
         cur = note["currency"]
         rows = [f"{note['number']}  credits {note['invoice_number']}  {note['issued_at']}  {note['reason']}"]
-        rows += [
-            f"    {ln['description'][:60]:<60} {format_minor(ln['amount_minor'], cur):>12} {cur}"
-            for ln in note["lines"]
-        ]
-        rows.append(f"    {'Total credited':<60} {format_minor(note['total_minor'], cur):>12} {cur}")
+        for ln in note["lines"]:
+            rows += amount_rows(ln["description"], ln["amount_minor"], cur)
+        rows += amount_rows("Total credited", note["total_minor"], cur)
         out = "\n".join(rows) + "\n"
     _write_out(out, args.out)
     return 0
@@ -134,12 +139,14 @@ def _write_out(out: str, path: str | None) -> None:
 def cmd_invoice_show(args: argparse.Namespace) -> int:
     from invoicing.commands import get_invoice, invoice_parties
     from invoicing.html import render_invoice_html
+    from invoicing.lookup import resolve_invoice_id
     from valora.render import invoice_table
 
     engine = connect_engine(load_settings())
-    invoice = get_invoice(engine, args.invoice_id)
+    invoice_id = resolve_invoice_id(engine, args.invoice_id, organization=args.org)
+    invoice = get_invoice(engine, invoice_id)
     if args.html:
-        organization_name, customer_name = invoice_parties(engine, args.invoice_id)
+        organization_name, customer_name = invoice_parties(engine, invoice_id)
         out = render_invoice_html(invoice, organization_name=organization_name, customer_name=customer_name)
     elif args.json:
         out = json.dumps(invoice, indent=2) + "\n"
@@ -202,9 +209,11 @@ def cmd_subscriptions(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    from invoicing.lookup import require_organization
     from invoicing.usage import late_usage, running_totals
 
     engine = connect_engine(load_settings())
+    require_organization(engine, args.org, args.customer)
     if args.late:
         rows = late_usage(engine, args.org, args.customer)
         if args.json:
@@ -234,7 +243,7 @@ def _add_credit_parsers(inv_actions: Any) -> None:
     credit = inv_actions.add_parser(
         "credit", help="issue a credit note against an issued or paid invoice: all of it, whole lines, or an amount"
     )
-    credit.add_argument("invoice_id", metavar="ID", help="invoice id or number")
+    credit.add_argument("invoice_id", metavar="NUMBER_OR_ID", help="invoice number or id")
     credit.add_argument("--reason", required=True, help="why; printed on the credit note")
     what = credit.add_mutually_exclusive_group(required=True)
     what.add_argument("--all", action="store_true", help="credit everything that remains creditable")
@@ -242,7 +251,7 @@ def _add_credit_parsers(inv_actions: Any) -> None:
         "--line", action="append", metavar="LINE_KEY", help="credit what remains of this line (repeatable)"
     )
     what.add_argument("--amount", metavar="DECIMAL", help="credit exactly this amount in the invoice's currency")
-    credit.add_argument("--org", help="the organization that must own the invoice")
+    credit.add_argument("--org", help="the organization that must own the invoice (and picks among equal numbers)")
     credit.add_argument("--actor", help="who issued it (default: cli:<OS user name>)")
     credit.add_argument("--at", type=parse_time, default=None, help="RFC 3339 issue time (default: now)")
     credit.add_argument("--json", action="store_true", help="print the credit note as JSON")
@@ -269,7 +278,8 @@ def add_billing_parsers(sub: Any) -> None:
     inv_list.set_defaults(func=cmd_invoices)
 
     show = inv_actions.add_parser("show", help="one invoice as a table, JSON, or a standalone HTML page")
-    show.add_argument("invoice_id", metavar="ID")
+    show.add_argument("invoice_id", metavar="NUMBER_OR_ID", help="invoice number (e.g. ACME-2026-000001) or id")
+    show.add_argument("--org", help="the organization, when several use the same number")
     show_format = show.add_mutually_exclusive_group()
     show_format.add_argument("--json", action="store_true", help="print JSON")
     show_format.add_argument("--html", action="store_true", help="print a standalone HTML page")
@@ -278,7 +288,8 @@ def add_billing_parsers(sub: Any) -> None:
 
     for action, help_text in INVOICE_ACTIONS.items():
         change = inv_actions.add_parser(action, help=help_text)
-        change.add_argument("invoice_id", metavar="ID", help="invoice id or number")
+        change.add_argument("invoice_id", metavar="NUMBER_OR_ID", help="invoice number or id")
+        change.add_argument("--org", help="the organization, when several use the same number")
         default_reason = DEFAULT_REASONS.get(action)
         change.add_argument(
             "--reason",

@@ -1,17 +1,15 @@
-"""How the CLI fails: one line on stderr and an exit status from one table, never a traceback.
+"""How the CLI fails: one line on stderr and a non-zero exit status, never a traceback.
 
-Every error Valora raises on purpose carries a stable `code` (schemas/errors.py); the
-table below maps codes to exit statuses, walking up the class tree so a new subclass
-(say `InvalidCatalog` under `InvalidInput`) exits like its parent until it is listed.
-Failures from the libraries at the edge (a database or broker that does not answer, a
-file that cannot be written) get the same treatment. Anything else is a bug: one line
-saying so, and the traceback only with `VALORA_DEBUG=1`.
+Every error Valora raises on purpose is a `ValoraError` with a stable `code`
+(schemas/errors.py) and a one-line message naming what is wrong; failures from the
+libraries at the edge (a database or broker that does not answer, a file that cannot be
+read or written) are turned into the same kind of line by `classify`, the one place that
+knows them. Anything else is a bug: one line saying so, and the traceback only with
+`VALORA_DEBUG=1`.
 
     exit  meaning
-    1     refused or failed (an illegal state move, a crashed worker, ...)
-    2     bad input: an argument, a file, a VALORA_* setting (argparse uses 2 as well)
-    3     not found: an organization, invoice, subscription, credit note, plan
-    69    a service is unavailable: Postgres, the broker, the schema needs an upgrade
+    1     the command failed: bad input, not found, refused, a service unavailable
+    2     the command line itself is wrong (argparse's convention): unknown option, bad value
     70    internal error (a bug; VALORA_DEBUG=1 shows the traceback)
     130   interrupted (Ctrl-C)
 """
@@ -28,24 +26,8 @@ from schemas.errors import ValoraError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_UNAVAILABLE = 69
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
-
-EXIT_BY_CODE: dict[str, int] = {
-    "valora_error": EXIT_FAILED,
-    "invalid_input": EXIT_USAGE,
-    "invoice_not_found": EXIT_NOT_FOUND,
-    "invoice_line_not_found": EXIT_NOT_FOUND,
-    "credit_note_not_found": EXIT_NOT_FOUND,
-    "subscription_not_found": EXIT_NOT_FOUND,
-    "organization_not_found": EXIT_NOT_FOUND,
-    "plan_not_found": EXIT_NOT_FOUND,
-    "database_unavailable": EXIT_UNAVAILABLE,
-    "schema_out_of_date": EXIT_UNAVAILABLE,
-    "service_unavailable": EXIT_UNAVAILABLE,
-}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -56,22 +38,13 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def exit_status(exc: BaseException) -> int:
-    """The exit status for an error Valora raised on purpose, from `EXIT_BY_CODE`."""
-    for cls in type(exc).__mro__:
-        code = getattr(cls, "code", None)
-        if isinstance(code, str) and code in EXIT_BY_CODE and cls.__dict__.get("code") == code:
-            return EXIT_BY_CODE[code]
-    return EXIT_FAILED
-
-
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
 
 
-def classify(exc: BaseException) -> tuple[str, str, int] | None:
-    """(code, one-line message, exit status) for an expected failure; None for a bug."""
+def classify(exc: BaseException) -> tuple[str, str] | None:
+    """(code, one-line message) for an expected failure; None for a bug."""
     from confluent_kafka import KafkaException
     from psycopg import OperationalError as PsycopgOperationalError
     from sqlalchemy.exc import OperationalError
@@ -80,14 +53,14 @@ def classify(exc: BaseException) -> tuple[str, str, int] | None:
     from valora.service_probes import ServiceError
 
     if isinstance(exc, ValoraError):
-        return exc.code, _first_line(exc), exit_status(exc)
+        return exc.code, _first_line(exc)
     if isinstance(exc, (CliError, ServiceError, KafkaException)):
-        return "service_unavailable", _first_line(exc), EXIT_UNAVAILABLE
+        return "service_unavailable", _first_line(exc)
     if isinstance(exc, (OperationalError, PsycopgOperationalError)):
-        return "database_unavailable", f"database: {_first_line(exc)}", EXIT_UNAVAILABLE
+        return "database_unavailable", f"database: {_first_line(exc)}"
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
-        return "os_error", f"{where}{exc.strerror}", EXIT_FAILED
+        return "os_error", f"{where}{exc.strerror}"
     return None
 
 
@@ -112,9 +85,8 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
                 "(a bug; VALORA_DEBUG=1 shows the traceback)\n"
             )
             return EXIT_INTERNAL
-        code, line, status = known
-        sys.stderr.write(f"valora: error: {line} [{code}]\n")
-        return status
+        sys.stderr.write(f"valora: error: {known[1]}\n")
+        return EXIT_FAILED
 
 
 def _silence_stdout() -> None:

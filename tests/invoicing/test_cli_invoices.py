@@ -29,7 +29,7 @@ def test_invoice_lifecycle_through_the_cli(database_url: str, topic_prefix: str,
     assert refused.stderr.strip() == f"valora: error: invoice {invoice['id']} is paid: cannot void"
 
     missing = run_cli(["invoices", "issue", "in_nope"], env, check=False)
-    assert missing.returncode == 1 and "no invoice with id 'in_nope'" in missing.stderr
+    assert missing.returncode == 1 and "no invoice with number or id 'in_nope'" in missing.stderr
 
     shown = json.loads(run_cli(["invoices", "show", invoice["id"], "--json"], env).stdout)
     assert [h["to"] for h in shown["status_history"]] == ["issued", "paid"]
