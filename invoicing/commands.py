@@ -248,7 +248,7 @@ def _apply(
     with Session(engine) as session, session.begin():
         inv = _load(session, invoice_id)
         current = InvoiceStatus(inv.status)
-        target = advance_invoice(current, action, subject=f"invoice {invoice_id}")
+        target = advance_invoice(current, action, subject=f"invoice {inv.number or invoice_id}")
         # Every move leaves draft (or was never in it), so a draft's grace deadline never outlives it.
         values: dict[str, Any] = {"status": target.value, "issue_after": None}
         if action is InvoiceAction.ISSUE:
@@ -273,7 +273,8 @@ def _apply(
 
 def _lost_race(invoice_id: str, current: InvoiceStatus, action: InvoiceAction) -> ConcurrentUpdate:
     return ConcurrentUpdate(
-        f"invoice {invoice_id} is no longer {current}: another change won the race to {action}; re-read it and retry"
+        f"invoice {invoice_id} is no longer {current}: another change to it came first ({action.replace('_', ' ')} "
+        "not done); re-read it and retry"
     )
 
 

@@ -31,14 +31,15 @@ def parse_time(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not an RFC 3339 time (e.g. 2026-02-01T00:00:00Z)") from None
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{value!r} needs a timezone (e.g. a trailing Z)")
+    out_of_range = argparse.ArgumentTypeError(
+        f"{value!r} is out of range ({EARLIEST_TIME.year} to {LATEST_TIME.year - 1})"
+    )
     try:
         parsed = parsed.astimezone(UTC)
-    except OverflowError:
-        parsed = EARLIEST_TIME if parsed.year < 2000 else LATEST_TIME  # out of range either way
+    except OverflowError:  # the offset moves it below year 1 or above 9999
+        raise out_of_range from None
     if not EARLIEST_TIME <= parsed < LATEST_TIME:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is out of range ({EARLIEST_TIME.year} to {LATEST_TIME.year - 1})"
-        )
+        raise out_of_range
     return parsed
 
 
