@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -281,6 +282,8 @@ def run_worker(cfg: WorkerConfig, *, clock: Callable[[], datetime] = lambda: dat
             stopping.add(asyncio.ensure_future(holder[0].stop()))
 
     scratch = None if cfg.data_dir else tempfile.TemporaryDirectory(prefix="valora-worker-")
+    if cfg.data_dir:
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = build_app(cfg, processor, idle, stop, cfg.data_dir or scratch.name)  # type: ignore[union-attr]
     worker = Worker(
         app,

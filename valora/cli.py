@@ -25,6 +25,7 @@ from valora.cli_common import (
     resolve_database_url,
 )
 from valora.cli_errors import OneLineParser, run_guarded
+from valora.cli_events import add_events_parsers
 
 EXIT_ERROR = 1
 CLOSE_BATCH = 2000  # periods claimed per close transaction: measured ~12% faster than 500 (bench close)
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sched.set_defaults(func=cmd_scheduler)
 
     add_billing_parsers(sub)
+    add_events_parsers(sub)
 
     quote = sub.add_parser("quote", help="price a plan offline")
     quote.add_argument("--plan", required=True, help="plan file (JSON, or YAML by its .yaml/.yml extension)")
