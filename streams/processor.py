@@ -80,6 +80,7 @@ class BatchProcessor:
         self.producer = Producer({"bootstrap.servers": cfg.bootstrap, "enable.idempotence": True, "linger.ms": 5})
         self.offsets: dict[int, int] = {}
         self.crash: BaseException | None = None
+        self.stop_reason: str | None = None  # "idle" when `--until-idle` caught up
         self.touched: set[tuple[str, str, datetime]] = set()
         self._engine: Engine | None = None  # snapshot loads and totals publishing share it
 

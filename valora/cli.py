@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,8 @@ from valora.cli_common import (
 )
 from valora.cli_errors import OneLineParser, run_guarded
 from valora.cli_events import add_events_parsers
+from valora.logs import console_logging
+from valora.progress import Progress
 
 EXIT_ERROR = 1
 CLOSE_BATCH = 2000  # periods claimed per close transaction: measured ~12% faster than 500 (bench close)
@@ -106,7 +109,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         data_dir=str(settings.state_dir / "worker"),
         log_level=settings.log_level,
     )
-    summary = run_worker(cfg)
+    progress = Progress("worker") if args.until_idle else None
+    console_logging(settings.log_level, progress)
+    try:
+        summary = run_worker(cfg, live=(lambda line: progress.update(0, line)) if progress else None)
+    finally:
+        if progress is not None:
+            progress.close()
     if args.until_idle:
         print("worker idle: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.items())))
     return 0
@@ -151,9 +160,21 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         tick_s=args.tick, batch_size=args.batch, late_grace=settings.late_grace, job_budget_s=args.budget
     )
     scheduler = Scheduler(connect_engine(settings), cfg, metrics, now_utc)
-    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop_event.set())
+    console_logging(settings.log_level)
+    stopped_by: list[str] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        scheduler.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logging.getLogger("valora.scheduler").info(
+        "scheduler started: jobs close, issue_drafts, trials, overdue every %g s, batches of %d", args.tick, args.batch
+    )
     summary = scheduler.run(once=args.once)
-    print(f"scheduler stopped: {summary.invoices} invoice(s), {summary.failed} deferred")
+    why = f" ({stopped_by[0]})" if stopped_by else ""
+    print(f"scheduler stopped{why}: {summary.invoices} invoice(s), {summary.failed} deferred")
     return 0
 
 
