@@ -29,8 +29,8 @@ from rating.money import format_minor
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # "Label: 12,000 units (1,000 free) × 0.002", "Label: flat 29.00", "Label: ... all at tier 2 × 0.01":
-# the price per unit is the last number, when nothing but a proration share may follow it.
-_UNIT_PRICE = re.compile(r"(?:: flat | × )(\d[\d,]*(?:\.\d+)?)(?: × \d+(?:/\d+)? of the period)?$")
+# the price per unit is the last number, when nothing but a proration ("prorated 16 of 31 days") follows it.
+_UNIT_PRICE = re.compile(r"(?:: flat | × )(\d[\d,]*(?:\.\d+)?)(?:, prorated [\d.]+ of [\d.]+ days)?$")
 _QUANTITY_PLACES = 6
 
 _CSS = """

@@ -62,7 +62,7 @@ def test_quote_shape_and_values() -> None:
                 "quantity": "0.5",
                 "amount": "24.50",
                 "amount_minor": 2450,
-                "description": "Platform fee: flat 49 × 1/2 of the period",
+                "description": "Platform fee: flat 49, prorated 15 of 30 days",
             },
             {
                 "charge": "api",
