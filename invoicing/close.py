@@ -52,6 +52,7 @@ from sqlalchemy import Engine, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
+from invoicing.html import billing_window
 from invoicing.invoice_rows import BilledLine, ClosingItem, write_invoices
 from invoicing.period_rating import PlanHistory, opening_lines, period_lines, segments
 from invoicing.subscriptions import cursor_due_at, record_period_end
@@ -223,6 +224,7 @@ def _late_lines(
         ).scalar()
         base = base if base is not None else Decimal(0)
         suffix = "" if segment == ps else f"@{segment:%Y%m%dT%H%M%S}"
+        late_window = billing_window(ps.isoformat(), pe.isoformat())  # as the invoice page shows periods
         for charge in plan.charges:
             if charge.meter != meter:
                 continue
@@ -236,7 +238,7 @@ def _late_lines(
                     quantity=extra,
                     amount=from_minor(after - before, plan.currency),
                     amount_minor=after - before,
-                    description=f"Late usage for {ps:%Y-%m-%d} – {pe:%Y-%m-%d}: {extra} more {meter}",
+                    description=f"Late usage for {late_window}: {extra} more {meter}",
                     service_start=ps,
                     service_end=pe,
                 )

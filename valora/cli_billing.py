@@ -228,12 +228,13 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(totals, indent=2))
     else:
+        from invoicing.html import billing_window
         from rating.money import format_minor
 
         for t in totals:
             meters = ", ".join(f"{k} {v}" for k, v in t["meters"].items()) or "no usage"
             print(
-                f"{t['subscription']}  {t['customer']}  {t['period_start'][:10]} – {t['period_end'][:10]}  "
+                f"{t['subscription']}  {t['customer']}  {billing_window(t['period_start'], t['period_end'])}  "
                 f"{meters}  so far {format_minor(t['total_minor'], t['currency'])} {t['currency']}"
             )
     return 0
