@@ -1,6 +1,6 @@
 """`valora demo`: the main job from nothing, on the embedded services by default.
 
-Starts (or reuses) the dev services, recreates a `valora_demo` database, applies
+Starts (or reuses) the dev services, recreates a `valora_demo` database (`<configured>_demo`), applies
 the sample catalog, publishes a few thousand January 2026 events to fresh topics of its
 own (with re-sent duplicates and some bad records), runs the worker until idle,
 closes January and prints the invoices and a summary.
@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from invoicing.catalog import apply_catalog, parse_catalog
 from invoicing.close import close_due
@@ -99,7 +101,9 @@ def run_demo(settings: Any, *, events: int) -> int:
     bootstrap, server_url = services_for(settings)
     settings = type(settings)(**{**vars(settings), "kafka_bootstrap": bootstrap})
     resolve_bootstrap(settings)
-    database_url = recreate_database(server_url, "valora_demo")
+    # Named after the configured database (the dev services': `valora` -> `valora_demo`), so demos
+    # pointed at different databases on one server never share one.
+    database_url = recreate_database(server_url, f"{make_url(server_url).database or 'valora'}_demo")
     engine = make_engine(database_url)
     catalog = json.loads(resources.files("valora.sample").joinpath("catalog.json").read_text(), parse_float=str)
     apply_catalog(engine, parse_catalog(catalog))
