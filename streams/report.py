@@ -43,7 +43,7 @@ class WorkerReport:
     ) -> None:
         self.cfg, self.metrics, self.interval_s, self.live, self.clock = cfg, metrics, interval_s, live, clock
         self.started_at = clock()
-        self._logged_at, self._logged_received = self.started_at, 0
+        self._logged = self._ticked = (self.started_at, 0)  # (when, records received by then)
 
     def started(self) -> None:
         mode = "until idle" if self.cfg.until_idle else f"group {self.cfg.group}"
@@ -67,15 +67,17 @@ class WorkerReport:
         )
 
     def tick(self) -> None:
-        """Log a progress line if records arrived since the last one and `interval_s` has passed."""
+        """Redraw the live line, or log a progress line if records arrived and `interval_s` has passed."""
         now, received = self.clock(), self.metrics.summary["received"]
-        elapsed = now - self._logged_at
-        rate = (received - self._logged_received) / elapsed if elapsed > 0 else 0.0
+        since = self._ticked if self.live is not None else self._logged
+        elapsed = now - since[0]
+        rate = (received - since[1]) / elapsed if elapsed > 0 else 0.0
         if self.live is not None:
             self.live(self.line(rate))
-        if elapsed >= self.interval_s and received != self._logged_received:
+            self._ticked = (now, received)
+        elif elapsed >= self.interval_s and received != since[1]:
             log.info("worker: %s", self.line(rate))
-            self._logged_at, self._logged_received = now, received
+            self._logged = (now, received)
 
     def stopped(self, reason: str) -> str:
         """The summary line (also logged): what this run did, in how long, and why it stopped."""
