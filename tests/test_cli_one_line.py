@@ -158,3 +158,18 @@ def test_every_help_documents_every_option() -> None:
     ]
     assert undocumented == []
     assert len(list(_options(build_parser()))) > 80  # the walk reached every subcommand
+
+
+def test_the_cli_actor_is_the_os_user_or_plain_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    import getpass
+
+    from valora.cli_billing import _default_actor
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "alice")
+    assert _default_actor() == "cli:alice"
+
+    def no_user() -> str:
+        raise OSError("No username set in the environment")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    assert _default_actor() == "cli"
