@@ -111,5 +111,5 @@ def test_quote_reads_yaml_like_the_catalog(tmp_path: Path) -> None:
     assert json.loads(run_cli(args, env).stdout) == from_json
     (tmp_path / "broken.yaml").write_text("code: [unclosed\n")
     proc = run_cli(["quote", "--plan", str(tmp_path / "broken.yaml"), *period], env, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "broken.yaml: invalid YAML" in proc.stderr
