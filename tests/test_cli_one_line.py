@@ -173,3 +173,14 @@ def test_the_cli_actor_is_the_os_user_or_plain_cli(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(getpass, "getuser", no_user)
     assert _default_actor() == "cli"
+
+
+def test_a_hostile_line_in_events_publish_is_one_rejection_line(tmp_path: Path) -> None:
+    """Nesting that overflows the decoder's recursion is a rejected line, not a crash."""
+    deep = '{"id": "x", "type": "t", "customer": "c", "time": "2026-01-01T00:00:00Z", "properties": '
+    path = tmp_path / "deep.jsonl"
+    path.write_text(deep + '{"a": ' * 5000 + "1" + "}" * 5000 + "}\n")
+    env = cli_env(None, None, "oneline.", VALORA_STATE_DIR=str(tmp_path / "state"))
+    proc = _run(["events", "publish", str(path), "--org", "acme", "--dry-run"], env)
+    _assert_one_line(proc, "line 1: ")
+    assert "rejected 1" in proc.stdout

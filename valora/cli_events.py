@@ -77,6 +77,12 @@ def checked_records(
         except Rejection as rejection:
             _reject(counts, report, number, str(rejection.code), rejection.detail)
             continue
+        except RecursionError:
+            _reject(counts, report, number, "too_deep", "JSON nested too deeply to decode")
+            continue
+        except Exception as exc:  # one bad line is reported like the others, never a traceback
+            _reject(counts, report, number, "schema", f"cannot decode: {type(exc).__name__}: {exc}")
+            continue
         if key is None:
             _reject(counts, report, number, "schema", "no organization: add an 'organization' field or pass --org")
             continue
