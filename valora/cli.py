@@ -126,8 +126,13 @@ def cmd_close(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     as_of = args.as_of or now_utc()
+    engine = connect_engine(settings)
+    if args.org is not None:
+        from invoicing.lookup import require_organization
+
+        require_organization(engine, args.org)
     summary = close_due(
-        connect_engine(settings),
+        engine,
         as_of=as_of,
         grace=settings.late_grace,
         clock=lambda: as_of,
