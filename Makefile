@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.installed
 
-.PHONY: install lock demo test lint typecheck bench-pipeline bench-close golden clean
+.PHONY: install lock demo test lint typecheck bench-pipeline bench-close bench-api golden clean
 
 # Installs exactly what requirements.lock pins (hash-checked), then Valora itself without
 # resolving anything again; pyproject.toml keeps the compatible ranges for library users.
@@ -38,6 +38,9 @@ bench-pipeline: $(STAMP)
 
 bench-close: $(STAMP)
 	$(BIN)/valora bench close --subscriptions 100000 --json
+
+bench-api: $(STAMP)
+	$(BIN)/valora bench api --events 200000 --json
 
 clean:
 	rm -rf $(VENV) .valora .pytest_cache .mypy_cache .ruff_cache

@@ -103,13 +103,15 @@ def _period_of(sub: m.Subscription, history: PlanHistory, at: datetime) -> Perio
 
 
 def running_totals(
-    engine: Engine, organization: str, *, at: datetime, customer: str | None = None
+    engine: Engine, organization: str, *, at: datetime, customer: str | None = None, subscription: str | None = None
 ) -> list[dict[str, Any]]:
-    """Quantity and amount so far for each subscription's period containing `at`."""
+    """Quantity and amount so far for each subscription's period containing `at` (or only `subscription`'s)."""
     with Session(engine) as session:
         query = select(m.Subscription).where(m.Subscription.organization_id == organization)
         if customer is not None:
             query = query.where(m.Subscription.customer_id == customer)
+        if subscription is not None:
+            query = query.where(m.Subscription.id == subscription)
         subs = [
             s
             for s in session.scalars(query.order_by(m.Subscription.id))

@@ -5,7 +5,15 @@
     │   ├── InvalidPlan              code "invalid_plan"
     │   ├── InvalidUsage             code "invalid_usage"
     │   ├── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog)
-    │   └── InvalidCreditAmount      code "invalid_credit_amount" (invoicing.credit_notes)
+    │   ├── InvalidCreditAmount      code "invalid_credit_amount" (invoicing.credit_notes)
+    │   └── InvalidParameter         code "invalid_parameter"    (names the field; API inputs)
+    ├── ResourceNotFound (LookupError) code "not_found"          (API: no such resource in the caller's organization)
+    ├── Unauthenticated              code "unauthenticated"      (invoicing.operations.keys)
+    ├── MissingScope                 code "missing_scope"        (invoicing.operations.keys)
+    ├── ApiKeyNotFound (LookupError) code "api_key_not_found"    (invoicing.operations.keys)
+    ├── NoCurrentPeriod              code "no_current_period"    (invoicing.operations.usage)
+    ├── PayloadTooLarge              code "payload_too_large"    (streams.ingest)
+    ├── BrokerUnavailable            code "broker_unavailable"   (streams.ingest)
     ├── DatabaseUnavailable          code "database_unavailable" (invoicing.db)
     ├── SchemaOutOfDate              code "schema_out_of_date"   (invoicing.db)
     ├── IllegalTransition            code "illegal_transition"   (invoicing.lifecycle)
@@ -59,3 +67,19 @@ class InvalidUsage(InvalidInput):
     """A usage quantity is not a finite, non-negative number; the message names the meter."""
 
     code = "invalid_usage"
+
+
+class InvalidParameter(InvalidInput):
+    """One named input (a query parameter, a body field) is invalid; `field` names it for API error bodies."""
+
+    code = "invalid_parameter"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ResourceNotFound(ValoraError, LookupError):
+    """No such resource in the caller's organization (another organization's looks exactly the same)."""
+
+    code = "not_found"

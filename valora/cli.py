@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from schemas.errors import InvalidInput
+from valora.cli_api import add_api_parsers
 from valora.cli_billing import add_billing_parsers
 from valora.cli_common import (
     connect_engine,
@@ -205,13 +206,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.kind == "pipeline" and args.events < MIN_BENCH_EVENTS:
+    if args.kind in ("pipeline", "api") and args.events < MIN_BENCH_EVENTS:
         raise InvalidInput(
             f"--events {args.events} is too few to measure throughput (at least {MIN_BENCH_EVENTS:,}; "
             "smaller runs mostly time the worker's start-up)"
         )
     settings = load_settings()
-    if args.kind == "pipeline":
+    if args.kind == "api":
+        from bench.api import run_api_bench
+
+        result = run_api_bench(settings, events=args.events)
+    elif args.kind == "pipeline":
         from bench.pipeline import run_pipeline_bench
 
         result = run_pipeline_bench(settings, events=args.events)
@@ -276,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_billing_parsers(sub)
     add_events_parsers(sub)
+    add_api_parsers(sub)
 
     quote = sub.add_parser("quote", help="price a plan offline")
     quote.add_argument("--plan", required=True, help="plan file (JSON, or YAML by its .yaml/.yml extension)")
@@ -287,12 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     quote.set_defaults(func=cmd_quote)
 
     bench = sub.add_parser("bench", help="benchmarks (figures and ratios from one run)")
-    bench.add_argument("kind", choices=["pipeline", "close"], help="worker throughput, or invoices per second")
+    bench.add_argument(
+        "kind", choices=["pipeline", "close", "api"], help="worker throughput, invoices per second, or the HTTP API"
+    )
     bench.add_argument(
         "--events",
         type=positive_int(MAX_BENCH_EVENTS),
         default=200_000,
-        help=f"pipeline: events to publish, {MIN_BENCH_EVENTS:,} to {MAX_BENCH_EVENTS:,} (default 200,000)",
+        help=f"pipeline and api: events to publish, {MIN_BENCH_EVENTS:,} to {MAX_BENCH_EVENTS:,} (default 200,000)",
     )
     bench.add_argument(
         "--subscriptions",
