@@ -12,16 +12,16 @@ from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.commands import InvoiceNotFound
-from schemas.errors import InvalidInput, ValoraError
+from schemas.errors import InvalidInput, ResourceNotFound
 
 
-class OrganizationNotFound(ValoraError, LookupError):
+class OrganizationNotFound(ResourceNotFound):
     """No organization with that id."""
 
     code = "organization_not_found"
 
 
-class CustomerNotFound(ValoraError, LookupError):
+class CustomerNotFound(ResourceNotFound):
     """No customer with that id in the organization."""
 
     code = "customer_not_found"

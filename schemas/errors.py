@@ -6,8 +6,11 @@
     │   ├── InvalidUsage             code "invalid_usage"
     │   ├── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog)
     │   ├── InvalidCreditAmount      code "invalid_credit_amount" (invoicing.credit_notes)
-    │   └── InvalidParameter         code "invalid_parameter"    (names the field; API inputs)
+    │   ├── InvalidParameter         code "invalid_parameter"    (names the field; API inputs)
+    │   └── InvalidSetting           code "invalid_setting"      (valora.settings: a VALORA_* variable)
     ├── ResourceNotFound (LookupError) code "not_found"          (API: no such resource in the caller's organization)
+    │   ├── OrganizationNotFound     code "organization_not_found" (invoicing.lookup)
+    │   └── CustomerNotFound         code "customer_not_found"   (invoicing.lookup)
     ├── Unauthenticated              code "unauthenticated"      (invoicing.operations.keys)
     ├── MissingScope                 code "missing_scope"        (invoicing.operations.keys)
     ├── ApiKeyNotFound (LookupError) code "api_key_not_found"    (invoicing.operations.keys)

@@ -1,7 +1,8 @@
 """How the CLI fails: one line on stderr and a non-zero exit status, never a traceback.
 
 Every error Valora raises on purpose is a `ValoraError` with a stable `code`
-(schemas/errors.py) and a one-line message naming what is wrong; failures from the
+(schemas/errors.py) and a one-line message naming what is wrong, and its exit status comes
+from the one error table (`valora.problems`, shared with the HTTP API); failures from the
 libraries at the edge (a database or broker that does not answer, a file that cannot be
 read or written) are turned into the same kind of line by `classify`, the one place that
 knows them. Anything else is a bug: one line saying so, and the traceback only with
@@ -53,7 +54,7 @@ def classify(exc: BaseException) -> tuple[str, str] | None:
     from valora.service_probes import ServiceError
 
     if isinstance(exc, ValoraError):
-        return exc.code, _first_line(exc)
+        return exc.code, _first_line(exc)  # the line valora.problems.cli_line gives, without its prefix
     if isinstance(exc, (CliError, ServiceError, KafkaException)):
         return "service_unavailable", _first_line(exc)
     if isinstance(exc, (OperationalError, PsycopgOperationalError)):
@@ -62,6 +63,15 @@ def classify(exc: BaseException) -> tuple[str, str] | None:
         where = f"{exc.filename}: " if exc.filename else ""
         return "os_error", f"{where}{exc.strerror}"
     return None
+
+
+def _exit_status(exc: BaseException) -> int:
+    """The CLI exit of the error's entry in the one error table (valora/problems.py), else 1."""
+    if not isinstance(exc, ValoraError):
+        return EXIT_FAILED
+    from valora.problems import kind_of
+
+    return kind_of(exc).cli_exit
 
 
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -86,7 +96,7 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
             )
             return EXIT_INTERNAL
         sys.stderr.write(f"valora: error: {known[1]}\n")
-        return EXIT_FAILED
+        return _exit_status(exc)
 
 
 def _silence_stdout() -> None:

@@ -27,6 +27,7 @@ LIMITS: dict[str, tuple[int, int]] = {
     "VALORA_TOPIC_PARTITIONS": (1, 1024),
     "VALORA_BATCH_MAX": (1, 100_000),
     "VALORA_METRICS_PORT": (1, 65_535),
+    "VALORA_API_PORT": (1, 65_535),
     "VALORA_SESSION_TIMEOUT_MS": (1_000, 3_600_000),
     "VALORA_LATE_GRACE": (0, 90 * 86_400),
     "VALORA_FUTURE_TOLERANCE": (0, 3_650 * 86_400),
@@ -138,6 +139,8 @@ class Settings:
     metrics_port: int | None
     session_timeout_ms: int
     log_level: str = "warning"
+    api_host: str | None = None
+    api_port: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -169,4 +172,6 @@ class Settings:
             metrics_port=_int(env, "VALORA_METRICS_PORT", 0) or None,
             session_timeout_ms=_int(env, "VALORA_SESSION_TIMEOUT_MS", 10000),
             log_level=log_level,
+            api_host=env.get("VALORA_API_HOST") or None,
+            api_port=_int(env, "VALORA_API_PORT", 0) or None,
         )
