@@ -25,13 +25,10 @@ as the grace has passed. The invoice keeps the billing period's dates; flat char
 prorated to the active window `[max(start_at, trial_end), end_at)` within it.
 
 Trials: flat charges are never billed before `trial_end`. When the plan does not bill
-trial usage (`trial_usage_billed: false`), a period that starts before `trial_end` is
-rated with no usage, and late usage for such a period stays unbilled. Limitation: usage
-totals are kept per billing period, not split at `trial_end`, so a period that straddles
-the trial's end bills none of its usage, including the days after the trial. We chose to
-under-bill rather than charge usage the plan promised free; the catalog anchors a trial
-subscription's periods on its `trial_end` by default, so only an explicit
-`billing_anchor` makes a period straddle it.
+trial usage (`trial_usage_billed: false`), usage is kept apart at `trial_end` like at a plan
+change (`rating.timeline.usage_windows`): the trial's window is rated with no usage and the
+rest of a period that straddles the trial's end bills its own usage. Late usage of a trial
+window stays unbilled.
 
 A period whose rating fails does not block the batch: it gets a `close_failures`
 record and a retry time with exponential backoff, and the rest is invoiced.
@@ -52,11 +49,12 @@ from sqlalchemy import Engine, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from invoicing.html import billing_window
 from invoicing.invoice_rows import BilledLine, ClosingItem, write_invoices
-from invoicing.period_rating import PlanHistory, opening_lines, period_lines, segments
+from invoicing.late_usage import late_lines_for
+from invoicing.lifecycle import BillingReason
+from invoicing.period_rating import PlanHistory, SubscriptionTerms, opening_lines, period_lines, segments
 from invoicing.subscriptions import cursor_due_at, record_period_end
-from rating import Period, from_minor, period_containing, rate_charge
+from rating import Period, period_containing
 from schemas.plans import Plan, load_plan
 
 RETRY_BASE = timedelta(seconds=30)
@@ -81,10 +79,12 @@ class CloseSummary:
         self.errors += other.errors
 
 
-def invoice_id(org: str, subscription: str, period_start: datetime, billing_reason: str = "period") -> str:
+def invoice_id(
+    org: str, subscription: str, period_start: datetime, billing_reason: BillingReason = BillingReason.PERIOD
+) -> str:
     """Deterministic id: the same (subscription, period, billing reason) always names the same invoice."""
     name = f"{org}\x1f{subscription}\x1f{period_start.isoformat()}"
-    if billing_reason != "period":
+    if billing_reason is not BillingReason.PERIOD:
         name += f"\x1f{billing_reason}"
     return f"in_{hashlib.sha256(name.encode()).hexdigest()[:24]}"
 
@@ -119,7 +119,7 @@ def _close_totals(session: Session, items: list[ClosingItem], histories: dict[tu
     rows = [
         (i.sub.organization_id, i.sub.id, meter, i.period.start, part.key, i.period.end)
         for i in items
-        for part in segments(i.sub, histories[(i.sub.organization_id, i.sub.id)], i.period)
+        for part in segments(SubscriptionTerms.of(i.sub), histories[(i.sub.organization_id, i.sub.id)], i.period)
         for meter in sorted({ch.meter for ch in part.plan.charges if ch.meter})
     ]
     usage: Usage = defaultdict(lambda: defaultdict(dict))
@@ -177,73 +177,6 @@ def _load_plans(session: Session, plan_cache: dict[tuple[str, str], Plan], wante
     if missing:
         for row in session.query(m.Plan).filter(tuple_(m.Plan.organization_id, m.Plan.code).in_(missing)):
             plan_cache[(row.organization_id, row.code)] = load_plan(row.spec)
-
-
-def _late_lines(
-    session: Session, items: list[ClosingItem], histories: dict[tuple[str, str], PlanHistory]
-) -> dict[str, list[BilledLine]]:
-    """Adjustment lines for usage that arrived after its period was invoiced, per invoice id.
-
-    The adjustment is what the late usage adds to the charge's billed amount in its own
-    period: billed(final + late) − billed(final), in minor units, so tiers, free units
-    and minimums stay exact and the two invoices together equal one on-time invoice.
-    """
-    by_sub = {(i.sub.organization_id, i.sub.id): i for i in items}
-    keys = list(by_sub)
-    # Late usage of a period whose usage the trial made free is not billed either (it stays unbilled).
-    free_before = [by_sub[k].sub.trial_end if not by_sub[k].plan.trial_usage_billed else None for k in keys]
-    late = session.execute(
-        text(
-            "UPDATE late_usage l SET billed_invoice_id = u.inv FROM unnest(CAST(:o AS text[]), CAST(:s AS text[]), "
-            "CAST(:inv AS text[]), CAST(:fb AS timestamptz[])) AS u(o, s, inv, fb) "
-            "WHERE l.organization_id = u.o AND l.subscription_id = u.s "
-            "AND l.billed_invoice_id IS NULL AND (u.fb IS NULL OR l.period_start >= u.fb) "
-            "RETURNING l.organization_id, l.subscription_id, l.meter_key, l.period_start, l.period_end, "
-            "l.segment_start, l.value"
-        ),
-        {
-            "o": [k[0] for k in keys],
-            "s": [k[1] for k in keys],
-            "inv": [by_sub[k].invoice_id for k in keys],
-            "fb": free_before,
-        },
-    ).all()
-    grouped: dict[tuple[str, str, datetime, datetime, datetime, str], Decimal] = defaultdict(Decimal)
-    for org, sub, meter, ps, pe, segment, value in late:
-        grouped[(org, sub, ps, pe, segment, meter)] += value
-    out: dict[str, list[BilledLine]] = defaultdict(list)
-    for (org, sub, ps, pe, segment, meter), extra in sorted(grouped.items()):
-        item = by_sub[(org, sub)]
-        plan = histories[(org, sub)].plan_at(segment)  # the plan in force when the usage happened
-        base = session.execute(
-            text(
-                "SELECT quantity FROM usage_totals WHERE organization_id = :o AND subscription_id = :s "
-                "AND meter_key = :mk AND period_start = :ps AND segment_start = :ss"
-            ),
-            {"o": org, "s": sub, "mk": meter, "ps": ps, "ss": segment},
-        ).scalar()
-        base = base if base is not None else Decimal(0)
-        suffix = "" if segment == ps else f"@{segment:%Y%m%dT%H%M%S}"
-        late_window = billing_window(ps.isoformat(), pe.isoformat())  # as the invoice page shows periods
-        for charge in plan.charges:
-            if charge.meter != meter:
-                continue
-            before = sum(line.amount_minor for line in rate_charge(charge, base, plan.currency))
-            after = sum(line.amount_minor for line in rate_charge(charge, base + extra, plan.currency))
-            out[item.invoice_id].append(
-                BilledLine(
-                    line_key=f"late:{ps:%Y%m%dT%H%M%S}:{charge.key}{suffix}",
-                    charge=charge.key,
-                    kind="adjustment",
-                    quantity=extra,
-                    amount=from_minor(after - before, plan.currency),
-                    amount_minor=after - before,
-                    description=f"Late usage for {late_window}: {extra} more {meter}",
-                    service_start=ps,
-                    service_end=pe,
-                )
-            )
-    return out
 
 
 def _advance(sub: m.Subscription, plan: Plan, period: Period) -> None:
@@ -314,19 +247,19 @@ def close_batch(
                 finished.append((sub, "no period left to invoice"))
                 continue
             period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
-            reason = "opening" if sub.opening_pending else "period"
+            reason = BillingReason.OPENING if sub.opening_pending else BillingReason.PERIOD
             items.append(
                 ClosingItem(
                     sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start, reason), [], reason
                 )
             )
-        periods = [i for i in items if i.billing_reason == "period"]
+        periods = [i for i in items if i.billing_reason is BillingReason.PERIOD]
         usage = _close_totals(session, periods, histories)
-        late = _late_lines(session, periods, histories) if periods else {}
+        late = late_lines_for(session, periods, histories) if periods else {}
         rated = _rate_items(session, items, histories, usage, late, now, summary)
         for item in rated:
             item.sub.advance_billed_until = item.advance_billed_until
-            if item.billing_reason == "opening":
+            if item.billing_reason is BillingReason.OPENING:
                 item.sub.opening_pending = False
                 item.sub.next_close_at = cursor_due_at(item.sub, item.plan, item.sub.end_at)
                 item.sub.close_attempts, item.sub.close_retry_at = 0, None
@@ -334,7 +267,9 @@ def close_batch(
             _advance(item.sub, item.plan, item.period)
             if item.sub.next_close_at is None:
                 finished.append((item.sub, f"final invoice {item.invoice_id} written"))
-        written = [i for i in rated if i.lines or i.billing_reason == "period"]  # an empty opening is no invoice
+        written = [
+            i for i in rated if i.lines or i.billing_reason is BillingReason.PERIOD
+        ]  # an empty opening is no invoice
         if written:
             write_invoices(session, written, orgs, issued_at)
         record_period_end(session, finished, issued_at)
@@ -358,10 +293,12 @@ def _rate_items(
         sub = item.sub
         history = histories[(sub.organization_id, sub.id)]
         try:
-            if item.billing_reason == "opening":
-                bill = opening_lines(sub, history, item.period)
+            if item.billing_reason is BillingReason.OPENING:
+                bill = opening_lines(SubscriptionTerms.of(sub), history, item.period)
             else:
-                bill = period_lines(sub, history, item.period, usage[(sub.organization_id, sub.id)])
+                bill = period_lines(
+                    SubscriptionTerms.of(sub), history, item.period, usage[(sub.organization_id, sub.id)]
+                )
         except Exception as exc:  # one poison item must not block the rest: record it, retry later
             summary.errors.append(_record_failure(session, item, exc, now))
             summary.failed += 1

@@ -214,7 +214,7 @@ def get_invoice(engine: Engine, invoice_id: str) -> dict[str, Any]:
         InvoiceNotFound: unknown id.
     """
     with Session(engine) as session:
-        return _invoice_json(session, invoice_id)
+        return invoice_json_locked(session, invoice_id)
 
 
 def invoice_parties(engine: Engine, invoice_id: str) -> tuple[str, str]:
@@ -244,31 +244,37 @@ def _apply(
 ) -> dict[str, Any]:
     """Validate and persist one status change in one transaction (see the module docstring)."""
     require_aware(now)
-    now = now.astimezone(UTC)
     with Session(engine) as session, session.begin():
-        inv = _load(session, invoice_id)
-        current = InvoiceStatus(inv.status)
-        target = advance_invoice(current, action, subject=f"invoice {inv.number or invoice_id}")
-        # Every move leaves draft (or was never in it), so a draft's grace deadline never outlives it.
-        values: dict[str, Any] = {"status": target.value, "issue_after": None}
-        if action is InvoiceAction.ISSUE:
-            _lock_unchanged(session, invoice_id, current, action)
-            values |= _issue_values(session, inv.organization_id, now)
-        elif action is InvoiceAction.VOID:
-            _lock_unchanged(session, invoice_id, current, action)  # credit notes are written under this lock
-            _refuse_if_credited(session, invoice_id)
-        moved = session.execute(
-            update(m.Invoice)
-            .where(m.Invoice.id == invoice_id, m.Invoice.status == current.value)
-            .values(**values)
-            .returning(m.Invoice.id)
-            .execution_options(synchronize_session=False)
-        ).scalar_one_or_none()
-        if moved is None:
-            # Raising rolls back the whole transaction, including a number taken for an issue.
-            raise _lost_race(invoice_id, current, action)
-        _append_history(session, invoice_id, current, target, at=now, actor=actor, reason=reason)
-        return _invoice_json(session, invoice_id)
+        return move_invoice(session, invoice_id, action, now=now.astimezone(UTC), actor=actor, reason=reason)
+
+
+def move_invoice(
+    session: Session, invoice_id: str, action: InvoiceAction, *, now: datetime, actor: str, reason: str
+) -> dict[str, Any]:
+    """One status change inside the caller's transaction (steps 1-5 of the module docstring)."""
+    inv = load_invoice(session, invoice_id)
+    current = InvoiceStatus(inv.status)
+    target = advance_invoice(current, action, subject=f"invoice {inv.number or invoice_id}")
+    # Every move leaves draft (or was never in it), so a draft's grace deadline never outlives it.
+    values: dict[str, Any] = {"status": target.value, "issue_after": None}
+    if action is InvoiceAction.ISSUE:
+        _lock_unchanged(session, invoice_id, current, action)
+        values |= issue_values(session, inv.organization_id, now)
+    elif action is InvoiceAction.VOID:
+        _lock_unchanged(session, invoice_id, current, action)  # credit notes are written under this lock
+        _refuse_if_credited(session, invoice_id)
+    moved = session.execute(
+        update(m.Invoice)
+        .where(m.Invoice.id == invoice_id, m.Invoice.status == current.value)
+        .values(**values)
+        .returning(m.Invoice.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if moved is None:
+        # Raising rolls back the whole transaction, including a number taken for an issue.
+        raise _lost_race(invoice_id, current, action)
+    _append_history(session, invoice_id, current, target, at=now, actor=actor, reason=reason)
+    return invoice_json_locked(session, invoice_id)
 
 
 def _lost_race(invoice_id: str, current: InvoiceStatus, action: InvoiceAction) -> ConcurrentUpdate:
@@ -311,7 +317,7 @@ def _refuse_if_credited(session: Session, invoice_id: str) -> None:
         )
 
 
-def _issue_values(session: Session, organization_id: str, now: datetime) -> dict[str, Any]:
+def issue_values(session: Session, organization_id: str, now: datetime) -> dict[str, Any]:
     """Number and dates an invoice gets when issued; bumps the organization's sequence."""
     org = session.get_one(m.Organization, organization_id)
     return {
@@ -355,7 +361,7 @@ def _append_history(
     )
 
 
-def _load(session: Session, invoice_id: str) -> m.Invoice:
+def load_invoice(session: Session, invoice_id: str) -> m.Invoice:
     """The invoice as stored now (bypassing anything the session cached).
 
     Raises:
@@ -367,8 +373,8 @@ def _load(session: Session, invoice_id: str) -> m.Invoice:
     return inv
 
 
-def _invoice_json(session: Session, invoice_id: str) -> dict[str, Any]:
-    inv = _load(session, invoice_id)
+def invoice_json_locked(session: Session, invoice_id: str) -> dict[str, Any]:
+    inv = load_invoice(session, invoice_id)
     lines = list(session.scalars(select(m.InvoiceLine).where(m.InvoiceLine.invoice_id == invoice_id)))
     history = list(
         session.scalars(

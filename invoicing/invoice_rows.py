@@ -18,8 +18,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
+from invoicing.lifecycle import BillingReason, InvoiceStatus
 from invoicing.numbering import format_number, reserve_numbers
-from rating import Period, RatedLine, TierLine, WindowedLine
+from rating import LineKind, Period, RatedLine, TierLine, WindowedLine
 from schemas.plans import Plan
 
 
@@ -29,7 +30,7 @@ class BilledLine:
 
     line_key: str
     charge: str
-    kind: str
+    kind: LineKind
     quantity: Decimal
     amount: Decimal
     amount_minor: int
@@ -54,7 +55,7 @@ class BilledLine:
         return cls(
             line.line_key,
             line.charge,
-            line.kind.value,
+            line.kind,
             line.quantity,
             line.amount,
             line.amount_minor,
@@ -91,7 +92,7 @@ class ClosingItem:
     period: Period
     invoice_id: str
     lines: list[BilledLine] = field(default_factory=list)
-    billing_reason: str = "period"  # or "opening": the first period's flat charges, billed in advance
+    billing_reason: BillingReason = BillingReason.PERIOD  # or OPENING: the first period's flat fees, billed ahead
     advance_billed_until: datetime | None = None  # the subscription's value once this invoice is written
 
 
@@ -148,11 +149,11 @@ _HISTORY_COLS = ("invoice_id", "seq", "from_status", "to_status", "at", "reason"
 
 def _status_and_dates(
     org: m.Organization, number: str | None, closed_at: datetime
-) -> tuple[str, datetime | None, datetime | None, datetime | None]:
+) -> tuple[InvoiceStatus, datetime | None, datetime | None, datetime | None]:
     """(status, issued_at, due_at, issue_after) of a new invoice: issued now when numbered, else a draft."""
     if number is not None:
-        return "issued", closed_at, closed_at + timedelta(days=org.payment_terms_days), None
-    return "draft", None, None, closed_at + timedelta(seconds=org.draft_grace_s)
+        return InvoiceStatus.ISSUED, closed_at, closed_at + timedelta(days=org.payment_terms_days), None
+    return InvoiceStatus.DRAFT, None, None, closed_at + timedelta(seconds=org.draft_grace_s)
 
 
 def write_invoices(
@@ -209,8 +210,10 @@ def write_invoices(
                     )
         with cur.copy(f"COPY invoice_status_history ({', '.join(_HISTORY_COLS)}) FROM STDIN") as copy:
             for item in items:
-                status = "issued" if item.invoice_id in numbers else "draft"
+                status = InvoiceStatus.ISSUED if item.invoice_id in numbers else InvoiceStatus.DRAFT
                 reason = (
-                    "period closed" if item.billing_reason == "period" else "subscription opened (billed in advance)"
+                    "period closed"
+                    if item.billing_reason is BillingReason.PERIOD
+                    else "subscription opened (billed in advance)"
                 )
                 copy.write_row((item.invoice_id, 1, None, status, issued_at, reason, "close"))

@@ -91,6 +91,14 @@ class IllegalTransition(ValoraError):
 # --- invoices -----------------------------------------------------------------------------
 
 
+class BillingReason(StrEnum):
+    """Why an invoice exists (`invoices.billing_reason`)."""
+
+    PERIOD = "period"  # a billing period's close
+    OPENING = "opening"  # an in-advance subscription's first period, billed ahead
+    REISSUE = "reissue"  # the replacement of a voided invoice, same period and lines, new number
+
+
 class InvoiceStatus(StrEnum):
     DRAFT = "draft"
     ISSUED = "issued"

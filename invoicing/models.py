@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     ForeignKeyConstraint,
     Identity,
     Index,
@@ -234,7 +235,10 @@ class UsageUniqueValue(Base):
 
 
 class LateUsage(Base):
-    """Usage that arrived after its period was invoiced; billed on the next invoice."""
+    """Usage that arrived after its period was invoiced; billed on the next invoice.
+
+    Each row keeps what folding it into the billed total needs (`rating.aggregation`).
+    """
 
     __tablename__ = "late_usage"
     organization_id: Mapped[str] = mapped_column(Text, primary_key=True)
@@ -244,8 +248,17 @@ class LateUsage(Base):
     period_start: Mapped[datetime] = mapped_column(TS)
     period_end: Mapped[datetime] = mapped_column(TS)
     segment_start: Mapped[datetime] = mapped_column(TS)
-    value: Mapped[Decimal] = mapped_column(Numeric)
+    value: Mapped[Decimal] = mapped_column(Numeric)  # unique_count: 1 when the value was new to the segment, else 0
     billed_invoice_id: Mapped[str | None] = mapped_column(Text)
+    aggregation: Mapped[str] = mapped_column(Text)  # the meter's, when the event arrived
+    event_time: Mapped[datetime] = mapped_column(TS)
+    event_id: Mapped[str] = mapped_column(Text)  # with event_time, orders `latest` events
+    unique_value: Mapped[str | None] = mapped_column(Text)  # unique_count: the distinct value
+    __table_args__ = (
+        CheckConstraint(
+            "aggregation IN ('count', 'sum', 'max', 'unique_count', 'latest')", name="late_usage_aggregation"
+        ),
+    )
 
 
 class ConsumerOffset(Base):
@@ -291,11 +304,25 @@ class Invoice(Base):
     issue_after: Mapped[datetime | None] = mapped_column(TS)
     subtotal_minor: Mapped[int] = mapped_column(BigInteger)
     total_minor: Mapped[int] = mapped_column(BigInteger)
-    # "period": a billing period's close; "opening": the first period's flat fees billed in advance.
+    # invoicing.lifecycle.BillingReason: "period" (a period's close), "opening" (the first period's
+    # flat fees billed in advance), "reissue" (replaces the voided invoice `replaces_invoice_id`).
     billing_reason: Mapped[str] = mapped_column(Text, server_default=text("'period'"))
+    replaces_invoice_id: Mapped[str | None] = mapped_column(Text, ForeignKey("invoices.id", name="invoice_replaces"))
     __table_args__ = (
-        UniqueConstraint("organization_id", "subscription_id", "period_start", "billing_reason", name="invoice_period"),
-        CheckConstraint("billing_reason IN ('period', 'opening')", name="invoice_billing_reason"),
+        Index(
+            "invoice_period",
+            "organization_id",
+            "subscription_id",
+            "period_start",
+            "billing_reason",
+            unique=True,
+            postgresql_where=text("billing_reason <> 'reissue'"),
+        ),
+        UniqueConstraint("replaces_invoice_id", name="invoice_replaced_once"),
+        CheckConstraint("billing_reason IN ('period', 'opening', 'reissue')", name="invoice_billing_reason"),
+        CheckConstraint(
+            "(billing_reason = 'reissue') = (replaces_invoice_id IS NOT NULL)", name="invoice_reissue_link"
+        ),
         UniqueConstraint("organization_id", "number", name="invoice_number"),
         CheckConstraint("status IN ('draft','issued','paid','void','uncollectible')", name="invoice_status"),
         CheckConstraint(

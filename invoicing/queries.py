@@ -38,7 +38,8 @@ def invoice_json(
     of the invoice's credit notes, `amount_due_minor` the total minus the credits issued
     before it was paid (a credit after payment is owed back, not taken off what was due),
     and `credit_notes` lists them in the order they were issued. `billing_reason` is "period"
-    (a period's close) or "opening" (an in-advance subscription's first period, billed ahead).
+    (a period's close), "opening" (an in-advance subscription's first period, billed ahead) or
+    "reissue" (the replacement of a voided invoice, whose id `replaces` then names).
     """
     notes = sorted(credit_notes, key=lambda n: n.credited_before_minor)
     return {
@@ -87,6 +88,7 @@ def invoice_json(
             for n in notes
         ],
         "billing_reason": inv.billing_reason,
+        **({"replaces": inv.replaces_invoice_id} if inv.replaces_invoice_id else {}),
     }
 
 

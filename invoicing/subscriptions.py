@@ -23,6 +23,8 @@ What each move does to the billing columns:
   `canceled_at = now`; the cursor's period becomes due at `end_at`, so the close issues the
   final, prorated invoice as soon as the late grace has passed, and moves canceled → ended.
   If no period is left to invoice the subscription ends at once (a second history row).
+  Back-dated before periods already invoiced, it also credits their flat fees for the time
+  after `end_at` (`invoicing.cancel_credits`); the JSON then lists `credit_notes_issued`.
 * `schedule_cancel`: flag set, `end_at` = the end of the period containing `now` (or the
   earlier end already set); during a trial, the trial's end, as the table ends a trial with
   a scheduled cancel at `trial_end`. `canceled_at = now` records when it was asked for.
@@ -61,6 +63,7 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
+from invoicing.cancel_credits import credit_time_after
 from invoicing.commands import ConcurrentUpdate
 from invoicing.lifecycle import (
     SUBSCRIPTION_TRANSITIONS,
@@ -142,11 +145,33 @@ def cancel_now(engine: Engine, org: str, sub_id: str, *, now: datetime, actor: s
         InvalidInput: `now` has no timezone.
     """
 
+    billed: list[tuple[datetime, datetime | None]] = []  # flat fees were billed for [paid from, old end)
+
     def change(sub: m.Subscription, plan: Plan, at: datetime) -> dict[str, Any]:
+        billed.append((paid_from(sub), sub.end_at))
         end = at if sub.end_at is None else min(sub.end_at, at)
         return {"end_at": end, "canceled_at": at} | _cursor(sub, plan, end)
 
-    return _apply(engine, org, sub_id, _A.CANCEL_NOW, now=now, actor=actor, reason=reason, change=change)
+    def credit_invoiced_time(session: Session, sub: m.Subscription) -> dict[str, Any]:
+        # Back-dated over invoiced periods: no final invoice will settle them, so credit notes do.
+        if sub.end_at is None or sub.end_at >= sub.next_period_start:
+            return {}
+        if sub.advance_billed_until is not None and sub.advance_billed_until > sub.end_at:
+            sub.advance_billed_until = sub.end_at
+        numbers = credit_time_after(session, sub, sub.end_at, billed[0], now=now.astimezone(UTC), actor=actor)
+        return {"credit_notes_issued": numbers} if numbers else {}
+
+    return _apply(
+        engine,
+        org,
+        sub_id,
+        _A.CANCEL_NOW,
+        now=now,
+        actor=actor,
+        reason=reason,
+        change=change,
+        after=credit_invoiced_time,
+    )
 
 
 def schedule_cancel(engine: Engine, org: str, sub_id: str, *, now: datetime, actor: str, reason: str) -> dict[str, Any]:
@@ -216,8 +241,13 @@ def _apply(
     actor: str,
     reason: str,
     change: _Change,
+    after: Callable[[Session, m.Subscription], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Validate and persist one move in one transaction (see the module docstring)."""
+    """Validate and persist one move in one transaction (see the module docstring).
+
+    `after`, when given, runs in the same transaction once the move is written; what it
+    returns is added to the subscription's JSON.
+    """
     require_aware(now)
     now = now.astimezone(UTC)
     with Session(engine) as session, session.begin():
@@ -231,9 +261,10 @@ def _apply(
         _compare_and_set(session, sub, current, values, action)
         session.refresh(sub)
         _append_history(session, sub, current, target, at=now, actor=actor, reason=_reason(action, sub, reason))
+        extra = after(session, sub) if after is not None else {}
         if sub.next_close_at is None:  # nothing left to invoice: the period end is already behind it
             record_period_end(session, [(sub, "no period left to invoice")], now)
-        return _subscription_json(session, sub)
+        return _subscription_json(session, sub) | extra
 
 
 def _cursor(sub: m.Subscription, plan: Plan, end_at: datetime | None) -> dict[str, Any]:

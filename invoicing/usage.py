@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from invoicing.close import load_histories
-from invoicing.period_rating import PlanHistory, period_lines
+from invoicing.period_rating import PlanHistory, SubscriptionTerms, period_lines
 from invoicing.queries import decimal_text, rfc3339
 from rating import Period, period_containing
 
@@ -27,7 +27,7 @@ def _rated_period(
     sub: m.Subscription, history: PlanHistory, period: Period, usage: dict[datetime, dict[str, Decimal]]
 ) -> dict[str, Any]:
     """The period as its close would bill it now (`invoicing.period_rating`, the close's own function)."""
-    bill = period_lines(sub, history, period, usage)
+    bill = period_lines(SubscriptionTerms.of(sub), history, period, usage)
     parts = bill.segments
     current = parts[-1] if parts else None
     subtotal = sum(line.amount_minor for line in bill.lines)

@@ -3,7 +3,9 @@
 Pure functions only: the standard library and `schemas`, no clock, no I/O, so every
 result is reproducible from its inputs. The pieces, in the order money flows:
 
+    aggregation what a meter's aggregation is: a fold with its merge and billable quantity
     periods     billing periods laid out from an anchor, half-open [start, end)
+    timeline    the plan in force at t, and a period's usage windows (plan changes, trial end)
     proration   the active share of a period, as an exact Fraction
     pricing     one function per ChargeModel (flat, per_unit, package, graduated, volume)
     engine      rate_charge / rate_plan: lines with stable line keys, min/max, totals

@@ -34,11 +34,13 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 class LineKind(StrEnum):
-    """What an invoice line bills for."""
+    """What an invoice line bills for: the one kind enum of every line, rated or added by the close."""
 
-    FLAT = "flat"  # a fixed fee, prorated to the active share of the period
+    FLAT = "flat"  # a fixed fee, prorated to the active share of the period (or its window)
     USAGE = "usage"  # a metered charge: per_unit, package, graduated or volume
     MINIMUM = "minimum"  # the true-up that lifts a charge to its minimum_amount
+    CREDIT = "credit"  # unused time of an in-advance flat charge; negative
+    ADJUSTMENT = "adjustment"  # what late usage adds to an earlier period's charge
 
 
 @dataclass(frozen=True, slots=True)

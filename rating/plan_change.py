@@ -40,12 +40,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
 from fractions import Fraction
 from itertools import pairwise
 from types import MappingProxyType
 
-from rating.engine import parse_quantity
+from rating.engine import LineKind, parse_quantity
 from rating.money import currency_exponent, fraction_to_decimal, to_minor
 from rating.periods import Period, as_utc, microseconds_between
 from rating.pricing import PRICING, TierLine, fmt
@@ -56,13 +55,7 @@ from schemas.plans import BillingTiming, Charge, ChargeModel, Plan
 _ZERO = Decimal(0)
 
 
-class WindowedKind(StrEnum):
-    """What a windowed line bills for: the engine's `LineKind` values, plus credits."""
-
-    FLAT = "flat"  # a fixed fee for the line's window
-    USAGE = "usage"  # a metered charge for the usage recorded in the window
-    MINIMUM = "minimum"  # the true-up lifting a charge to its (scaled) minimum
-    CREDIT = "credit"  # unused time of an in-advance flat charge; the only kind that may be negative
+WindowedKind = LineKind  # one kind enum for every line; CREDIT is the only kind that may be negative here
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@
     ├── InvoiceHasCreditNotes        code "invoice_has_credit_notes" (invoicing.commands)
     ├── InvoiceNotFound (LookupError) code "invoice_not_found"   (invoicing.commands)
     ├── InvoiceNotCreditable         code "invoice_not_creditable" (invoicing.credit_notes)
+    ├── InvoiceNotReissuable         code "invoice_not_reissuable" (invoicing.reissue)
     ├── OverCredit                   code "over_credit"          (invoicing.credit_notes)
     ├── InvoiceLineNotFound (LookupError) code "invoice_line_not_found" (invoicing.credit_notes)
     ├── CreditNoteNotFound (LookupError) code "credit_note_not_found" (invoicing.credit_notes)

@@ -21,7 +21,7 @@ starts, never what is counted.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,11 +32,13 @@ import msgspec
 import psycopg
 
 from invoicing.plan_changes import PLAN_CHANGE_LOCK
-from schemas.catalog import Aggregation
+from rating.aggregation import MERGE_RULE, MergeRule, fold_row
 from streams.batch import BatchPlan, Contribution, DeadLetter, Record, plan_batch
 from streams.snapshot import CatalogSnapshot
 
 _ENCODE_PROPS = msgspec.json.Encoder(decimal_format="number").encode
+
+_ZERO = Decimal(0)
 
 TotalKey = tuple[str, str, str, datetime, datetime]  # organization, subscription, meter, period, segment
 
@@ -69,27 +71,23 @@ class BatchResult:
         )
 
 
-_LATEST, _COUNT, _SUM, _MAX, _UNIQUE = (
-    Aggregation.LATEST,
-    Aggregation.COUNT,
-    Aggregation.SUM,
-    Aggregation.MAX,
-    Aggregation.UNIQUE_COUNT,
-)
+# The upsert of each `rating.aggregation.MergeRule`: `merge(stored, batch total)` in SQL, on
+# (quantity, event_count, latest_time, latest_event); tests/streams/test_merge_sql.py checks each
+# against the pure definition. A row with no events yet is the empty total, whatever it holds.
 _LATEST_TIME = "latest_time = GREATEST(t.latest_time, excluded.latest_time)"
-# Aggregations whose totals update alike share one upsert statement.
-_UPSERT_GROUP = {_COUNT: "add", _SUM: "add", _UNIQUE: "add", _MAX: "max", _LATEST: "latest"}
-_UPDATE_BY_GROUP = {
-    "add": f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
-    "max": f"quantity = GREATEST(t.quantity, excluded.quantity), {_LATEST_TIME}",
-    "latest": """quantity = CASE WHEN t.latest_time IS NULL
-            OR (excluded.latest_time, excluded.latest_event) > (t.latest_time, t.latest_event)
-            THEN excluded.quantity ELSE t.quantity END,
-        latest_time = GREATEST(t.latest_time, excluded.latest_time),
-        latest_event = CASE WHEN t.latest_time IS NULL
-            OR (excluded.latest_time, excluded.latest_event) > (t.latest_time, t.latest_event)
-            THEN excluded.latest_event ELSE t.latest_event END""",
+_NEWER = (
+    "(t.event_count = 0 OR t.latest_time IS NULL OR "
+    "(excluded.latest_time, excluded.latest_event) > (t.latest_time, coalesce(t.latest_event, '')))"
+)
+MERGE_SQL: dict[MergeRule, str] = {
+    MergeRule.ADD: f"quantity = t.quantity + excluded.quantity, {_LATEST_TIME}",
+    MergeRule.MAX: "quantity = CASE WHEN t.event_count = 0 THEN excluded.quantity "
+    f"ELSE GREATEST(t.quantity, excluded.quantity) END, {_LATEST_TIME}",
+    MergeRule.LATEST: f"""quantity = CASE WHEN {_NEWER} THEN excluded.quantity ELSE t.quantity END,
+        latest_event = CASE WHEN {_NEWER} THEN excluded.latest_event ELSE t.latest_event END,
+        {_LATEST_TIME}""",
 }
+_UPSERT = {agg: (rule, rule.value) for agg, rule in MERGE_RULE.items()}  # aggregation -> its rule and its name
 _TOTAL_KEY = "organization_id, subscription_id, meter_key, period_start, segment_start"
 
 
@@ -171,98 +169,98 @@ def _insert_events(cur: psycopg.Cursor[Any], topic: str, plan: BatchPlan) -> dic
     return {(o, k): p for o, k, p in cur.fetchall()}
 
 
-def _insert_unique_values(cur: psycopg.Cursor[Any], contributions: list[Contribution]) -> dict[TotalKey, int]:
-    """Insert distinct values; returns how many were new per total."""
-    rows = [
-        (c.organization, c.subscription, c.meter, c.period_start, c.segment_start, c.unique_value)
-        for c in contributions
-    ]
-    if not rows:
-        return {}
+def _insert_unique_values(cur: psycopg.Cursor[Any], contributions: list[Contribution]) -> list[Contribution]:
+    """Insert distinct values; returns `contributions` with each value 1 when new to its segment, else 0.
+
+    `usage_unique_values` is the set `rating.aggregation.unique_observation` models: the
+    first contribution of a value the insert returned counts, every other one adds 0.
+    """
+    unique = [c for c in contributions if c.unique_value is not None]
+    if not unique:
+        return contributions
+    rows = [(c.organization, c.subscription, c.meter, c.period_start, c.segment_start, c.unique_value) for c in unique]
     cur.execute(
         "INSERT INTO usage_unique_values (organization_id, subscription_id, meter_key, period_start, segment_start, "
         "value) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], "
         "%b::text[]) ON CONFLICT DO NOTHING "
-        "RETURNING organization_id, subscription_id, meter_key, period_start, segment_start",
+        "RETURNING organization_id, subscription_id, meter_key, period_start, segment_start, value",
         [list(col) for col in zip(*rows, strict=True)],
     )
-    fresh: dict[TotalKey, int] = defaultdict(int)
-    for row in cur.fetchall():
-        fresh[(row[0], row[1], row[2], row[3], row[4])] += 1
-    return fresh
+    fresh = {tuple(row) for row in cur.fetchall()}
+    out = []
+    for c in contributions:
+        if c.unique_value is not None:
+            ident = (c.organization, c.subscription, c.meter, c.period_start, c.segment_start, c.unique_value)
+            if ident in fresh:
+                fresh.discard(ident)  # later contributions of the same value are not new
+            else:
+                c = c._replace(value=_ZERO)
+        out.append(c)
+    return out
 
 
-def _fold(contributions: list[Contribution], unique_fresh: dict[TotalKey, int]) -> dict[TotalKey, list[Any]]:
-    """Collapse contributions per total: [agg, period_end, quantity, count, latest_time, latest_event].
-
-    `latest_time` is the latest event time for every aggregation; the event id only for `latest`.
-    """
-    folded: dict[TotalKey, list[Any]] = {}
+def _group(contributions: list[Contribution]) -> dict[TotalKey, list[Contribution]]:
+    """The batch's contributions per total: (organization, subscription, meter, period, segment)."""
+    groups: dict[TotalKey, list[Contribution]] = {}
     for c in contributions:
         key = (c.organization, c.subscription, c.meter, c.period_start, c.segment_start)
-        row = folded.get(key)
-        agg = c.aggregation
-        if row is None:
-            folded[key] = [agg, c.period_end, c.value, 1, c.time, c.event_id if agg is _LATEST else None]
-            continue
-        row[3] += 1
-        if agg is _LATEST:
-            if (c.time, c.event_id) > (row[4], row[5]):
-                row[2], row[4], row[5] = c.value, c.time, c.event_id
-            continue
-        if c.time > row[4]:
-            row[4] = c.time
-        if agg is _COUNT or agg is _SUM:
-            row[2] += c.value
-        elif agg is _MAX and c.value > row[2]:
-            row[2] = c.value
-    for key, row in folded.items():  # unique_count: the number of values new to the period
-        if row[0] is _UNIQUE:
-            row[2] = Decimal(unique_fresh.get(key, 0))
-    return folded
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [c]
+        else:
+            group.append(c)
+    return groups
 
 
-def _upsert_totals(cur: psycopg.Cursor[Any], folded: dict[TotalKey, list[Any]]) -> set[TotalKey]:
-    """Apply folded totals to open rows; returns the keys that were NOT applied (their period is closed).
+def _upsert_totals(cur: psycopg.Cursor[Any], groups: dict[TotalKey, list[Contribution]]) -> set[TotalKey]:
+    """Fold each total's contributions (`rating.aggregation.fold`) and apply it to its open row.
+
+    Returns the keys that were NOT applied (their period is closed).
 
     The totals go in with one COPY; each upsert returns the rows it changed, and the rows of
     the batch missing from them are the refused ones (usually none).
     """
-    if not folded:
+    if not groups:
         return set()
     cur.execute(
         "CREATE TEMP TABLE IF NOT EXISTS batch_totals (organization_id text, subscription_id text, meter_key text, "
         "period_start timestamptz, segment_start timestamptz, period_end timestamptz, upsert text, quantity numeric, "
         "event_count bigint, latest_time timestamptz, latest_event text) ON COMMIT DELETE ROWS"
     )
-    groups: set[str] = set()
+    rules: set[MergeRule] = set()
     with cur.copy("COPY batch_totals FROM STDIN") as copy:
         write = copy.write_row
-        for key, (agg, end, qty, count, ltime, levent) in folded.items():
-            group = _UPSERT_GROUP[agg]
-            groups.add(group)
-            write((*key, end, group, qty, count, ltime, levent))
+        for key, group in groups.items():
+            first = group[0]
+            rule, name = _UPSERT[first.aggregation]
+            rules.add(rule)
+            try:
+                folded = fold_row(first.aggregation, group)
+            except ArithmeticError as exc:  # a sum past EXACT_SUM: refuse the batch as data, so it is split up
+                raise psycopg.errors.NumericValueOutOfRange(f"meter {key[2]!r}: sum not exact ({exc!r})") from exc
+            write((*key, first.period_end, name, *folded))
     refused: set[TotalKey] = set()
-    for group in sorted(groups):
+    for rule in sorted(rules):
         cur.execute(
             "WITH applied AS (INSERT INTO usage_totals AS t (organization_id, subscription_id, meter_key, "
             "period_start, segment_start, period_end, quantity, event_count, latest_time, latest_event, closed) "
             "SELECT organization_id, subscription_id, meter_key, period_start, segment_start, period_end, quantity, "
             "event_count, latest_time, latest_event, false FROM batch_totals WHERE upsert = %(group)s "
             f"ON CONFLICT ({_TOTAL_KEY}) DO UPDATE SET "
-            f"{_UPDATE_BY_GROUP[group]}, event_count = t.event_count + excluded.event_count "
+            f"{MERGE_SQL[rule]}, event_count = t.event_count + excluded.event_count "
             f"WHERE NOT t.closed RETURNING {_TOTAL_KEY}) "
             f"SELECT {_TOTAL_KEY} FROM batch_totals b WHERE upsert = %(group)s AND NOT EXISTS "
             "(SELECT FROM applied a WHERE a.organization_id = b.organization_id "
             "AND a.subscription_id = b.subscription_id AND a.meter_key = b.meter_key "
             "AND a.period_start = b.period_start AND a.segment_start = b.segment_start)",
-            {"group": group},
+            {"group": rule.value},
         )
         refused.update((r[0], r[1], r[2], r[3], r[4]) for r in cur.fetchall())
     return refused
 
 
 def _record_late(cur: psycopg.Cursor[Any], late: list[Contribution]) -> None:
+    """Keep late contributions with what folding them later needs (`rating.aggregation`)."""
     if not late:
         return
     rows = [
@@ -274,15 +272,19 @@ def _record_late(cur: psycopg.Cursor[Any], late: list[Contribution]) -> None:
             c.period_start,
             c.period_end,
             c.segment_start,
-            Decimal(1) if c.aggregation is Aggregation.UNIQUE_COUNT else c.value,
+            c.value,
+            c.aggregation.value,
+            c.time,
+            c.event_id,
+            c.unique_value,
         )
         for c in late
     ]
     cur.execute(
         "INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, period_end, "
-        "segment_start, value) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], "
-        "%b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::numeric[]) "
-        "ON CONFLICT DO NOTHING",
+        "segment_start, value, aggregation, event_time, event_id, unique_value) SELECT * FROM unnest(%b::text[], "
+        "%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::numeric[], "
+        "%b::text[], %b::timestamptz[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING",
         [list(col) for col in zip(*rows, strict=True)],
     )
 
@@ -365,8 +367,8 @@ def write_batch(
             new_contrib = [c for c in plan.contributions if (c.organization, c.dedup_key) not in old_keys]
         else:  # the common case: nothing re-sent from an earlier batch
             new_contrib = plan.contributions
-        unique_fresh = _insert_unique_values(cur, [c for c in new_contrib if c.unique_value is not None])
-        folded = _fold(new_contrib, unique_fresh)
+        new_contrib = _insert_unique_values(cur, new_contrib)
+        folded = _group(new_contrib)
         refused = _upsert_totals(cur, folded)
         late = (
             [

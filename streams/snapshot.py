@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from invoicing import models as m
 from rating.periods import Period, period_containing
+from rating.timeline import PlanHistory, UsageWindow, usage_windows, window_at
 from schemas.catalog import Aggregation
 from schemas.plans import Interval, Plan, load_plan
 
@@ -45,10 +46,10 @@ class SubscriptionView:
     anchor: datetime
     interval: Interval
     interval_count: int
-    meter_keys: frozenset[str]  # of the plan the subscription started on
-    # Plan changes in time order: (effective instant, meter keys of the new plan). Usually none.
-    changes: tuple[tuple[datetime, frozenset[str]], ...] = ()
+    history: PlanHistory  # the plan it started on and its plan changes (usually none)
+    trial_end: datetime | None = None
     _last_period: Period | None = field(default=None, repr=False)
+    _last_windows: tuple[UsageWindow, ...] = field(default=(), repr=False)
 
     def period_at(self, t: datetime) -> Period:
         """The billing period containing t; the last answer is cached (events cluster in time)."""
@@ -57,24 +58,26 @@ class SubscriptionView:
             return last
         period = period_containing(self.anchor, self.interval, t, self.interval_count)
         self._last_period = period
+        self._last_windows = usage_windows(
+            self.history, period, active_from=self.start, active_until=self.end, trial_end=self.trial_end
+        )
         return period
 
     def route_at(self, t: datetime) -> tuple[Route, datetime]:
-        """The period and plan segment an event at t counts in, the meters that plan bills, and until when.
+        """The period and usage window an event at t counts in, the meters its plan bills, and until when.
 
-        A segment starts at the period's start, or at the plan change that began it when the
-        plan changed inside the period; usage is kept per segment so each part is rated under
-        the plan then in force. The route holds over `[segment start, until)`: until the period
-        ends or the next plan change, whichever comes first.
+        The windows are `rating.timeline.usage_windows`, the ones the close rates: a period is
+        cut at every plan change and, when the plan does not bill trial usage, at the trial's
+        end. The route holds over `[window start, window end)`.
+
+        Raises:
+            ValueError: t is outside the subscription's active window.
         """
         period = self.period_at(t)
-        segment, until, keys = period.start, period.end, self.meter_keys
-        for at, changed_keys in self.changes:
-            if at > t:
-                until = min(until, at)
-                break
-            segment, keys = max(at, period.start), changed_keys
-        return (self.id, keys, period.start, period.end, segment), until
+        window = window_at(self._last_windows, t)
+        if window is None:
+            raise ValueError(f"subscription {self.id!r} is not active at {t.isoformat()}")
+        return (self.id, _meter_keys(window.plan), period.start, period.end, window.key), window.end
 
 
 Target = tuple[str, datetime, datetime, datetime]  # (subscription, period start, period end, segment start)
@@ -132,12 +135,12 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
                 )
             )
         plans = {(p.organization_id, p.code): load_plan(p.spec) for p in session.scalars(select(m.Plan))}
-        changes: dict[tuple[str, str], list[tuple[datetime, frozenset[str]]]] = defaultdict(list)
+        changes: dict[tuple[str, str], list[tuple[datetime, Plan]]] = defaultdict(list)
         plan_version = 0
         for change in session.scalars(select(m.PlanChange).order_by(m.PlanChange.effective_at)):
             plan = plans[(change.organization_id, change.to_plan)]
             changes[(change.organization_id, change.subscription_id)].append(
-                (change.effective_at.astimezone(UTC), _meter_keys(plan))
+                (change.effective_at.astimezone(UTC), plan)
             )
             plan_version = max(plan_version, change.id)
         subs: dict[tuple[str, str], list[SubscriptionView]] = defaultdict(list)
@@ -154,8 +157,8 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
                     anchor=sub.billing_anchor.astimezone(UTC),
                     interval=plan.interval,
                     interval_count=plan.interval_count,
-                    meter_keys=_meter_keys(plan),
-                    changes=tuple(changes.get((sub.organization_id, sub.id), ())),
+                    history=PlanHistory(plan, tuple(changes.get((sub.organization_id, sub.id), ()))),
+                    trial_end=None if sub.trial_end is None else sub.trial_end.astimezone(UTC),
                 )
             )
     return CatalogSnapshot(
@@ -167,4 +170,5 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
 
 
 def _meter_keys(plan: Plan) -> frozenset[str]:
+    """The meters a plan bills (computed per routing, which is cached, so rarely)."""
     return frozenset(ch.meter for ch in plan.charges if ch.meter)

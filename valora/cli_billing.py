@@ -11,6 +11,7 @@ from typing import Any
 
 from schemas.errors import InvalidInput
 from valora.cli_common import connect_engine, load_settings, now_utc, parse_time
+from valora.cli_reissue import add_reissue_parser
 
 
 def cmd_invoices(args: argparse.Namespace) -> int:
@@ -303,6 +304,7 @@ def add_billing_parsers(sub: Any) -> None:
         change.set_defaults(func=cmd_invoice_state)
 
     _add_credit_parsers(inv_actions)
+    add_reissue_parser(inv_actions)
 
     subs = sub.add_parser(
         "subscriptions", help="show a subscription, cancel it now or at period end, revoke a cancel, change its plan"

@@ -26,6 +26,7 @@ from invoicing.lifecycle import IllegalTransition
 from invoicing.operations.keys import ApiKeyNotFound, MissingScope, Unauthenticated
 from invoicing.operations.usage import NoCurrentPeriod
 from invoicing.plan_changes import PlanChangeRefused, PlanNotFound
+from invoicing.reissue import InvoiceNotReissuable
 from invoicing.subscriptions import SubscriptionNotFound
 from schemas.errors import InvalidInput, InvalidParameter, InvalidPlan, ResourceNotFound, ValoraError
 from streams.ingest import BrokerUnavailable, PayloadTooLarge
@@ -72,6 +73,7 @@ TABLE: dict[type[BaseException], ErrorKind] = {
     ConcurrentUpdate: ErrorKind(409, "Changed concurrently; re-read and retry"),
     InvoiceHasCreditNotes: ErrorKind(409, "Invoice has credit notes"),
     InvoiceNotCreditable: ErrorKind(409, "Invoice cannot be credited"),
+    InvoiceNotReissuable: ErrorKind(409, "Invoice cannot be reissued"),
     PlanChangeRefused: ErrorKind(409, "Plan change refused"),
     NoCurrentPeriod: ErrorKind(409, "No current billing period"),
     Unauthenticated: ErrorKind(401, "Unauthenticated"),

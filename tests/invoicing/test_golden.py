@@ -103,8 +103,9 @@ def _build(engine: Engine, url: str) -> str:
     close_due(engine, as_of=CLOSES[0], grace=timedelta(hours=1), clock=lambda: CLOSES[0])
     with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("INSERT INTO late_usage (organization_id, dedup_key, subscription_id, meter_key, period_start, "
-                     "period_end, segment_start, value) VALUES ('tiered', 'late-1', 's1', 'sms', '2026-01-01Z', "
-                     "'2026-02-01Z', '2026-01-01Z', 60)")
+                     "period_end, segment_start, value, aggregation, event_time, event_id) VALUES ('tiered', "
+                     "'late-1', 's1', 'sms', '2026-01-01Z', '2026-02-01Z', '2026-01-01Z', 60, 'sum', "
+                     "'2026-01-31Z', 'late-1')")
     close_due(engine, as_of=CLOSES[1], grace=timedelta(hours=1), clock=lambda: CLOSES[1])
     return json.dumps({org: list_invoices(engine, org) for org in ORGS}, indent=1, sort_keys=False) + "\n"
 

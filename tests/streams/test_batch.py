@@ -9,14 +9,21 @@ from typing import Any
 
 import pytest
 
+from rating.timeline import PlanHistory
 from schemas.catalog import Aggregation
-from schemas.plans import Interval
+from schemas.plans import Interval, Plan
 from streams.batch import Record, plan_batch
 from streams.decode import Reason
 from streams.snapshot import CatalogSnapshot, MeterView, SubscriptionView
 
 NOW = datetime(2026, 2, 10, tzinfo=UTC)
 T = "2026-01-20T10:00:00Z"
+
+
+def _billing(*meters: str, **plan: Any) -> Plan:
+    """A plan with one per-unit charge per meter key."""
+    charges = [{"key": m, "model": "per_unit", "meter": m, "unit_amount": "1"} for m in meters]
+    return Plan.model_validate({"code": "p_" + "_".join(meters), "currency": "USD", "charges": charges, **plan})
 
 
 def _meter(key: str, event_type: str, agg: Aggregation, path: str = "", **filters: list[str]) -> MeterView:
@@ -37,7 +44,7 @@ def _snapshot(*meters: MeterView, subs: tuple[SubscriptionView, ...] | None = No
                 datetime(2026, 1, 1, tzinfo=UTC),
                 Interval.MONTH,
                 1,
-                frozenset(m.key for m in meters),
+                PlanHistory(_billing(*(m.key for m in meters))),
             ),
         )
     return CatalogSnapshot(
@@ -156,7 +163,7 @@ def _sub(sub_id: str, start: str, end: str | None = None, **kw: Any) -> Subscrip
         datetime(2026, 1, 1, tzinfo=UTC),
         Interval.MONTH,
         1,
-        frozenset({"calls"}),
+        PlanHistory(_billing("calls"), kw.pop("changes", ())),
         **kw,
     )
 
@@ -193,9 +200,30 @@ def test_routing_is_not_reused_outside_its_window() -> None:
 def test_routing_follows_plan_segments() -> None:
     # A change on Jan 25 to a plan without the `calls` meter, and back on Jan 28.
     change, back = datetime(2026, 1, 25, tzinfo=UTC), datetime(2026, 1, 28, tzinfo=UTC)
-    sub = _sub("sub_1", "2026-01-01T00:00:00+00:00", changes=((change, frozenset()), (back, frozenset({"calls"}))))
+    sub = _sub("sub_1", "2026-01-01T00:00:00+00:00", changes=((change, _billing()), (back, _billing("calls"))))
     snap = _snapshot(_meter("calls", "api_request", Aggregation.COUNT), subs=(sub,))
     times = ["2026-01-24T00:00:00Z", "2026-01-26T00:00:00Z", "2026-01-29T00:00:00Z", "2026-01-20T00:00:00Z"]
     plan = _plan(snap, *(_rec(i, _ev(f"e{i}", time=t)) for i, t in enumerate(times)))
     assert [(c.dedup_key, c.segment_start.day) for c in plan.contributions] == [("e0", 1), ("e2", 28), ("e3", 1)]
     assert len(plan.events) == 4 and plan.dead_letters == []
+
+
+def test_routing_splits_at_the_trial_end_when_trial_usage_is_free() -> None:
+    # A trial ending Jan 20 at noon, inside January: usage before it and after it are kept apart.
+    trial_end = datetime(2026, 1, 20, 12, tzinfo=UTC)
+    free = _sub("sub_1", "2026-01-01T00:00:00+00:00", trial_end=trial_end)
+    free.history = PlanHistory(_billing("calls", trial_usage_billed=False))
+    snap = _snapshot(_meter("calls", "api_request", Aggregation.COUNT), subs=(free,))
+    times = ["2026-01-20T11:59:59Z", "2026-01-20T12:00:00Z", "2026-01-02T00:00:00Z", "2026-02-02T00:00:00Z"]
+    plan = _plan(snap, *(_rec(i, _ev(f"e{i}", time=t)) for i, t in enumerate(times)))
+    assert [(c.dedup_key, c.period_start.month, c.segment_start) for c in plan.contributions] == [
+        ("e0", 1, datetime(2026, 1, 1, tzinfo=UTC)),
+        ("e1", 1, trial_end),
+        ("e2", 1, datetime(2026, 1, 1, tzinfo=UTC)),
+        ("e3", 2, datetime(2026, 2, 1, tzinfo=UTC)),
+    ]
+    # A plan that bills trial usage keeps the period whole.
+    billed = _sub("sub_1", "2026-01-01T00:00:00+00:00", trial_end=trial_end)
+    snap = _snapshot(_meter("calls", "api_request", Aggregation.COUNT), subs=(billed,))
+    plan = _plan(snap, *(_rec(i, _ev(f"e{i}", time=t)) for i, t in enumerate(times[:2])))
+    assert {c.segment_start for c in plan.contributions} == {datetime(2026, 1, 1, tzinfo=UTC)}
