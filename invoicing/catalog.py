@@ -18,22 +18,26 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine, case, select, text, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
+from invoicing.bulk import upsert_rows
+from invoicing.catalog_cursors import end_moved, regrid_unbilled, retime_cursors
+from invoicing.catalog_guards import (
+    InvalidCatalog,
+    assign_prefixes,
+    check_billed_history,
+    check_document,
+    check_unique_ids,
+    read_bounded,
+    stored_subscriptions,
+)
 from invoicing.lifecycle import SubscriptionAction, SubscriptionStatus, advance_subscription
-from invoicing.subscriptions import cursor_due_at
 from rating.periods import period_containing
 from schemas import catalog as c
-from schemas.errors import InvalidInput, InvalidPlan
+from schemas.errors import InvalidPlan
 from schemas.plans import BillingTiming, Plan, load_plan
-
-
-class InvalidCatalog(InvalidInput):
-    code = "invalid_catalog"
-
 
 _LIVE = (SubscriptionStatus.TRIALING, SubscriptionStatus.ACTIVE, SubscriptionStatus.PAST_DUE)
 _SUBSCRIPTION_KEYS = frozenset({"organization_id", "id"})
@@ -63,9 +67,10 @@ class ParsedCatalog:
         return {name: len(getattr(self, name)) for name in c.SECTION_NAMES}
 
 
-class _ExactLoader(yaml.SafeLoader):
+class _ExactLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """YAML's safe loader without its float resolver: 0.002 stays the string "0.002", parsed
-    exactly later, instead of becoming a binary float; null, ints and booleans resolve as usual."""
+    exactly later, instead of becoming a binary float; null, ints and booleans resolve as usual.
+    libyaml's parser when PyYAML has it (5x faster on a catalog of 100,000 subscriptions)."""
 
 
 _ExactLoader.yaml_implicit_resolvers = {
@@ -84,18 +89,9 @@ def load_yaml(text: str) -> Any:
 
 
 def read_catalog_file(path: Path) -> Any:
-    """Read JSON (numbers as exact Decimals) or YAML, by extension."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidCatalog(f"cannot read catalog {path}: {exc.strerror}") from exc
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            return load_yaml(text)
-        return json.loads(text, parse_float=Decimal)
-    except (ValueError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0]
-        raise InvalidCatalog(f"catalog {path} is not valid {path.suffix[1:] or 'JSON'}: {first}") from exc
+    """Read JSON (numbers as exact Decimals) or YAML, by extension, within the limits of
+    `invoicing.catalog_guards` (size, depth, NUL bytes, YAML alias expansion)."""
+    return read_bounded(path, lambda raw: json.loads(raw, parse_float=Decimal), _ExactLoader)
 
 
 def _pydantic_message(exc: ValidationError) -> str:
@@ -144,13 +140,20 @@ def parse_catalog(data: Any) -> ParsedCatalog:
     unknown = sorted(set(data) - set(c.SECTION_NAMES))
     if unknown:
         raise InvalidCatalog(f"unknown catalog section {unknown[0]!r}")
-    return ParsedCatalog(
+    check_document(data)
+    cat = ParsedCatalog(
         organizations=tuple(_validate_entries("organizations", data.get("organizations", []), c.Organization)),
         meters=tuple(_validate_entries("meters", data.get("meters", []), c.Meter)),
         plans=tuple(_validate_plans(data.get("plans", []))),
         customers=tuple(_validate_entries("customers", data.get("customers", []), c.Customer)),
         subscriptions=tuple(_validate_entries("subscriptions", data.get("subscriptions", []), c.Subscription)),
     )
+    check_unique_ids("organizations", ((o.id,) for o in cat.organizations))
+    check_unique_ids("meters", ((x.organization, x.key) for x in cat.meters))
+    check_unique_ids("plans", ((org, p.code) for org, p in cat.plans))
+    check_unique_ids("customers", ((x.organization, x.id) for x in cat.customers))
+    check_unique_ids("subscriptions", ((x.organization, x.id) for x in cat.subscriptions))
+    return cat
 
 
 @dataclass(frozen=True)
@@ -207,11 +210,7 @@ def _check_references(cat: ParsedCatalog, session: Session) -> None:
 
 
 def _upsert(session: Session, table: type[m.Base], rows: Sequence[dict[str, Any]], keys: list[str]) -> None:
-    if not rows:
-        return
-    stmt = insert(table).values(list(rows))
-    updates = {col: stmt.excluded[col] for col in rows[0] if col not in keys}
-    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates))
+    upsert_rows(session, table.__table__, rows, keys)  # type: ignore[arg-type]
 
 
 def _check_plan_moves(cat: ParsedCatalog, session: Session) -> None:
@@ -223,9 +222,13 @@ def _check_plan_moves(cat: ParsedCatalog, session: Session) -> None:
     wanted = {(s.organization, s.id): s.plan for s in cat.subscriptions}
     if not wanted:
         return
-    sub = m.Subscription
+    keys = sorted(wanted)
     stored = session.execute(
-        select(sub.organization_id, sub.id, sub.plan_code).where(tuple_(sub.organization_id, sub.id).in_(wanted))
+        text(
+            "SELECT s.organization_id, s.id, s.plan_code FROM subscriptions s JOIN unnest(CAST(:o AS text[]), "
+            "CAST(:s AS text[])) AS u(o, s) ON s.organization_id = u.o AND s.id = u.s"
+        ),
+        {"o": [k[0] for k in keys], "s": [k[1] for k in keys]},
     ).all()
     moved = sorted((org, sid, code) for org, sid, code in stored if wanted[(org, sid)] != code)
     for org, sid, code in moved:
@@ -244,11 +247,6 @@ def _check_plan_moves(cat: ParsedCatalog, session: Session) -> None:
             )
 
 
-def _default_prefix(org_id: str) -> str:
-    letters = "".join(ch for ch in org_id.upper() if ch.isalnum())
-    return letters[:12] or "INV"
-
-
 def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = None) -> dict[str, int]:
     """Upsert every entry by id in one transaction; returns counts per section.
 
@@ -259,6 +257,11 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
     with Session(engine) as session, session.begin():
         _check_references(cat, session)
         _check_plan_moves(cat, session)
+        plans = {(org, p.code): p for org, p in cat.plans}
+        stored = _stored_plans(session, set(plans) | {(s.organization, s.plan) for s in cat.subscriptions}, set(plans))
+        before = stored_subscriptions(session, cat.subscriptions)
+        check_billed_history(session, cat, before, _anchor, stored)
+        prefixes = assign_prefixes(session, cat.organizations)
         _upsert(
             session,
             m.Organization,
@@ -268,7 +271,7 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
                     "name": o.name,
                     "currency": o.currency,
                     "payment_terms_days": o.payment_terms_days,
-                    "invoice_prefix": o.invoice_prefix or _default_prefix(o.id),
+                    "invoice_prefix": prefixes[o.id],
                     "draft_grace_s": o.draft_grace,
                 }
                 for o in cat.organizations
@@ -286,6 +289,7 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
                     "aggregation": x.aggregation.value,
                     "value_property": x.value_property,
                     "filters": None if x.filters is None else json.loads(json.dumps(x.filters, default=str)),
+                    "allow_negative": x.allow_negative,
                 }
                 for x in cat.meters
             ],
@@ -306,35 +310,12 @@ def apply_catalog(engine: Engine, cat: ParsedCatalog, *, now: datetime | None = 
             [{"organization_id": x.organization, "id": x.id, "name": x.name} for x in cat.customers],
             ["organization_id", "id"],
         )
-        plans = {(org, p.code): p for org, p in cat.plans}
-        plans.update(_stored_plans(session, {(s.organization, s.plan) for s in cat.subscriptions} - set(plans)))
-        _upsert_subscriptions(
-            session, [_subscription_row(s, plans[(s.organization, s.plan)]) for s in cat.subscriptions], now
-        )
-        _retime_cursors(session, cat.subscriptions, plans)
+        plans.update({key: plan for key, plan in stored.items() if key not in plans})
+        rows = [_subscription_row(s, plans[(s.organization, s.plan)]) for s in cat.subscriptions]
+        _upsert_subscriptions(session, rows, now)
+        regrid_unbilled(session, cat.subscriptions, rows, before)
+        retime_cursors(session, [s for s in cat.subscriptions if end_moved(s, before)], plans)
     return cat.counts()
-
-
-def _retime_cursors(session: Session, subs: Sequence[c.Subscription], plans: dict[tuple[str, str], Plan]) -> None:
-    """Re-time the close cursor of live subscriptions whose `end` the catalog moved.
-
-    The cursor's period is due at its end, or at `end_at` when that comes first; an `end`
-    moved later (or dropped) must not leave the period due early, and one that no longer
-    cuts a period short must not leave it due late. Rows a cancel owns are left alone.
-    """
-    s = m.Subscription
-    keys = [(x.organization, x.id) for x in subs]
-    rows = session.scalars(
-        select(s).where(
-            tuple_(s.organization_id, s.id).in_(keys),
-            s.status.in_([x.value for x in _LIVE]),
-            s.cancel_at_period_end.is_(False),
-        )
-    )
-    for sub in rows:
-        due = cursor_due_at(sub, plans[(sub.organization_id, sub.plan_code)], sub.end_at)
-        if due != sub.next_close_at:
-            sub.next_close_at = due
 
 
 def _upsert_subscriptions(session: Session, rows: list[dict[str, Any]], now: datetime | None) -> None:
@@ -347,14 +328,18 @@ def _upsert_subscriptions(session: Session, rows: list[dict[str, Any]], now: dat
     """
     if not rows:
         return
-    table = m.Subscription.__table__
-    stmt = insert(m.Subscription).values(rows)
-    cancel_owns_end = table.c.cancel_at_period_end | table.c.status.notin_([s.value for s in _LIVE])
-    updates: dict[str, Any] = {
-        col: stmt.excluded[col] for col in rows[0] if col not in _SUBSCRIPTION_KEYS | _SUBSCRIPTION_INSERT_ONLY
-    }
-    updates["end_at"] = case((cancel_owns_end, table.c.end_at), else_=stmt.excluded.end_at)
-    session.execute(stmt.on_conflict_do_update(index_elements=sorted(_SUBSCRIPTION_KEYS), set_=updates))
+    live = ", ".join(f"'{s.value}'" for s in _LIVE)
+    upsert_rows(
+        session,
+        m.Subscription.__table__,  # type: ignore[arg-type]
+        rows,
+        sorted(_SUBSCRIPTION_KEYS),
+        insert_only=_SUBSCRIPTION_INSERT_ONLY,
+        update_sql={
+            "end_at": f"CASE WHEN t.cancel_at_period_end OR t.status NOT IN ({live}) THEN t.end_at "
+            "ELSE excluded.end_at END"
+        },
+    )
     # seq 1 exists for every subscription (migration 0002 wrote it for older ones), so only new ones get a row.
     session.execute(
         text(
@@ -373,13 +358,28 @@ def _upsert_subscriptions(session: Session, rows: list[dict[str, Any]], now: dat
     )
 
 
-def _stored_plans(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], Plan]:
+def _stored_plans(
+    session: Session, keys: set[tuple[str, str]], replaced: set[tuple[str, str]]
+) -> dict[tuple[str, str], Plan]:
+    """The stored plans among `keys`; one that no longer validates is skipped if the catalog `replaced` it."""
     out = {}
-    for org, code in keys:
+    for org, code in sorted(keys):
         row = session.get(m.Plan, (org, code))
-        if row is not None:
+        if row is None:
+            continue
+        try:
             out[(org, code)] = load_plan(row.spec)
+        except InvalidPlan as exc:
+            if (org, code) not in replaced:
+                raise InvalidCatalog(
+                    f"stored plan {org}/{code!r} no longer validates ({exc}); include a corrected plan in the catalog"
+                ) from exc
     return out
+
+
+def _anchor(s: c.Subscription) -> datetime:
+    """The billing anchor a subscription gets: the given one, else the trial's end, else its start."""
+    return s.billing_anchor or s.trial_end or s.start
 
 
 def _subscription_row(s: c.Subscription, plan: Plan) -> dict[str, Any]:
@@ -391,7 +391,7 @@ def _subscription_row(s: c.Subscription, plan: Plan) -> dict[str, Any]:
     bills flat charges in advance first owes an opening invoice, due when the first paid
     time starts (the start, or the trial's end), if that is inside the first period.
     """
-    anchor = s.billing_anchor or s.trial_end or s.start
+    anchor = _anchor(s)
     first = period_containing(anchor, plan.interval, s.start, plan.interval_count)
     paid_start = s.start if s.trial_end is None else max(s.start, s.trial_end)
     opening = (

@@ -30,8 +30,10 @@ change (`rating.timeline.usage_windows`): the trial's window is rated with no us
 rest of a period that straddles the trial's end bills its own usage. Late usage of a trial
 window stays unbilled.
 
-A period whose rating fails does not block the batch: it gets a `close_failures`
-record and a retry time with exponential backoff, and the rest is invoiced.
+A period that cannot be closed does not block the batch (`invoicing.close_safety`): a plan
+that no longer loads, a rating error, amounts beyond what the store holds, or a write
+Postgres refuses each fail only that subscription's period, which gets a `close_failures`
+record and a retry time with exponential backoff, while the rest is invoiced.
 Re-running a close changes nothing: the cursor and the unique
 (organization, subscription, period_start) key both say the period is done.
 """
@@ -49,16 +51,21 @@ from sqlalchemy import Engine, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from invoicing import models as m
-from invoicing.invoice_rows import BilledLine, ClosingItem, write_invoices
+from invoicing.close_safety import (
+    check_storable,
+    load_histories_isolated,
+    per_item_isolated,
+    record_failure,
+    unbill_late_usage,
+    write_isolated,
+)
+from invoicing.invoice_rows import BilledLine, ClosingItem
 from invoicing.late_usage import late_lines_for
 from invoicing.lifecycle import BillingReason
 from invoicing.period_rating import PlanHistory, SubscriptionTerms, opening_lines, period_lines, segments
 from invoicing.subscriptions import cursor_due_at, record_period_end
 from rating import Period, period_containing
 from schemas.plans import Plan, load_plan
-
-RETRY_BASE = timedelta(seconds=30)
-RETRY_MAX = timedelta(hours=6)
 
 
 @dataclass
@@ -191,26 +198,6 @@ def _advance(sub: m.Subscription, plan: Plan, period: Period) -> None:
     sub.close_retry_at = None
 
 
-def _record_failure(session: Session, item: ClosingItem, exc: Exception, now: datetime) -> str:
-    sub = item.sub
-    sub.close_attempts += 1
-    delay = min(RETRY_BASE * 2 ** (sub.close_attempts - 1), RETRY_MAX)
-    sub.close_retry_at = now + delay
-    message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    session.merge(
-        m.CloseFailure(
-            organization_id=sub.organization_id,
-            subscription_id=sub.id,
-            period_start=item.period.start,
-            attempts=sub.close_attempts,
-            error=message,
-            failed_at=now,
-            retry_at=sub.close_retry_at,
-        )
-    )
-    return f"{sub.organization_id}/{sub.id} {item.period.start:%Y-%m-%d}: {message}"
-
-
 def close_batch(
     engine: Engine,
     *,
@@ -236,28 +223,23 @@ def close_batch(
             o.id: o
             for o in session.query(m.Organization).filter(m.Organization.id.in_({s.organization_id for s in subs}))
         }
-        histories = load_histories(session, subs, plan_cache)
-        items: list[ClosingItem] = []
-        finished: list[tuple[m.Subscription, str]] = []
-        for sub in subs:
-            plan = plan_cache[(sub.organization_id, sub.plan_code)]
-            if sub.end_at is not None and sub.next_period_start >= sub.end_at:
-                sub.next_close_at = None
-                summary.ended += 1
-                finished.append((sub, "no period left to invoice"))
-                continue
-            period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
-            reason = BillingReason.OPENING if sub.opening_pending else BillingReason.PERIOD
-            items.append(
-                ClosingItem(
-                    sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start, reason), [], reason
-                )
-            )
+        histories, unloadable = load_histories_isolated(
+            session, subs, lambda sess, some: load_histories(sess, some, plan_cache)
+        )
+        items, finished = _closing_items(session, subs, plan_cache, unloadable, now, summary)
         periods = [i for i in items if i.billing_reason is BillingReason.PERIOD]
         usage = _close_totals(session, periods, histories)
-        late = late_lines_for(session, periods, histories) if periods else {}
+        late, late_failed = per_item_isolated(session, periods, lambda some: late_lines_for(session, some, histories))
+        for item in periods:
+            if item.invoice_id in late_failed:
+                summary.errors.append(
+                    record_failure(session, item.sub, item.period.start, late_failed[item.invoice_id], now)
+                )
+                summary.failed += 1
+        items = [i for i in items if i.invoice_id not in late_failed]
         rated = _rate_items(session, items, histories, usage, late, now, summary)
-        for item in rated:
+        written = _write(session, items, rated, orgs, issued_at, now, summary)
+        for item in written:
             item.sub.advance_billed_until = item.advance_billed_until
             if item.billing_reason is BillingReason.OPENING:
                 item.sub.opening_pending = False
@@ -267,15 +249,73 @@ def close_batch(
             _advance(item.sub, item.plan, item.period)
             if item.sub.next_close_at is None:
                 finished.append((item.sub, f"final invoice {item.invoice_id} written"))
-        written = [
-            i for i in rated if i.lines or i.billing_reason is BillingReason.PERIOD
-        ]  # an empty opening is no invoice
-        if written:
-            write_invoices(session, written, orgs, issued_at)
         record_period_end(session, finished, issued_at)
-        summary.invoices = len(written)
-        summary.invoice_ids = [i.invoice_id for i in written]
+        stored = [i for i in written if i.lines or i.billing_reason is BillingReason.PERIOD]  # an empty opening: none
+        summary.invoices = len(stored)
+        summary.invoice_ids = [i.invoice_id for i in stored]
     return summary
+
+
+def _closing_items(
+    session: Session,
+    subs: list[m.Subscription],
+    plan_cache: dict[tuple[str, str], Plan],
+    unloadable: dict[tuple[str, str], Exception],
+    now: datetime,
+    summary: CloseSummary,
+) -> tuple[list[ClosingItem], list[tuple[m.Subscription, str]]]:
+    """The period (or opening invoice) each claimed subscription closes now, and those with none left.
+
+    A subscription whose plans did not load, or whose period grid leaves the calendar, fails alone.
+    """
+    items: list[ClosingItem] = []
+    finished: list[tuple[m.Subscription, str]] = []
+    for sub in subs:
+        try:
+            if (sub.organization_id, sub.id) in unloadable:
+                raise unloadable[(sub.organization_id, sub.id)]
+            plan = plan_cache[(sub.organization_id, sub.plan_code)]
+            if sub.end_at is not None and sub.next_period_start >= sub.end_at:
+                sub.next_close_at = None
+                summary.ended += 1
+                finished.append((sub, "no period left to invoice"))
+                continue
+            period = period_containing(sub.billing_anchor, plan.interval, sub.next_period_start, plan.interval_count)
+        except (ValueError, ArithmeticError, LookupError) as exc:
+            summary.errors.append(record_failure(session, sub, sub.next_period_start, exc, now))
+            summary.failed += 1
+            continue
+        reason = BillingReason.OPENING if sub.opening_pending else BillingReason.PERIOD
+        items.append(
+            ClosingItem(sub, plan, period, invoice_id(sub.organization_id, sub.id, period.start, reason), [], reason)
+        )
+    return items, finished
+
+
+def _write(
+    session: Session,
+    items: list[ClosingItem],
+    rated: list[ClosingItem],
+    orgs: dict[str, m.Organization],
+    issued_at: datetime,
+    now: datetime,
+    summary: CloseSummary,
+) -> list[ClosingItem]:
+    """Write the rated items' invoices; returns the items written (an empty opening needs no row).
+
+    An invoice Postgres refuses fails its period alone. Late usage the batch attached to an
+    item that was not written is given back, so that period's retry bills it.
+    """
+    to_write = [i for i in rated if i.lines or i.billing_reason is BillingReason.PERIOD]
+    refused = write_isolated(session, to_write, orgs, issued_at)
+    for item, exc in refused:
+        summary.errors.append(record_failure(session, item.sub, item.period.start, exc, now))
+    summary.failed += len(refused)
+    refused_ids = {item.invoice_id for item, _ in refused}
+    written = [i for i in rated if i.invoice_id not in refused_ids]
+    written_ids = {i.invoice_id for i in written}
+    unbill_late_usage(session, sorted(i.invoice_id for i in items if i.invoice_id not in written_ids))
+    return written
 
 
 def _rate_items(
@@ -299,11 +339,13 @@ def _rate_items(
                 bill = period_lines(
                     SubscriptionTerms.of(sub), history, item.period, usage[(sub.organization_id, sub.id)]
                 )
+            lines = bill.lines + late.get(item.invoice_id, [])
+            check_storable(lines, item.plan.currency)
         except Exception as exc:  # one poison item must not block the rest: record it, retry later
-            summary.errors.append(_record_failure(session, item, exc, now))
+            summary.errors.append(record_failure(session, sub, item.period.start, exc, now))
             summary.failed += 1
             continue
-        item.lines = bill.lines + late.get(item.invoice_id, [])
+        item.lines = lines
         item.advance_billed_until = bill.advance_billed_until
         rated.append(item)
     return rated

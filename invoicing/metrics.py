@@ -37,6 +37,11 @@ class SchedulerMetrics:
             ["job", "reason"],
             registry=registry,
         )
+        self.close_failing = Gauge(
+            "valora_close_failing_periods",
+            "Periods whose last close attempt failed and that are not closed yet (see close_failures)",
+            registry=registry,
+        )
         self.runloop_lag = Gauge(
             "valora_scheduler_runloop_lag_seconds",
             "How late the last tick started against its schedule",

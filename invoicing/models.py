@@ -50,7 +50,12 @@ class Organization(Base):
     invoice_prefix: Mapped[str] = mapped_column(Text)
     # How long the close's invoices stay drafts before the `issue_drafts` job issues them (0: issued at once).
     draft_grace_s: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
-    __table_args__ = (CheckConstraint("draft_grace_s >= 0", name="organization_draft_grace"),)
+    __table_args__ = (
+        CheckConstraint("draft_grace_s >= 0", name="organization_draft_grace"),
+        UniqueConstraint(
+            "invoice_prefix", name="organization_invoice_prefix", deferrable=True, initially="DEFERRED"
+        ),  # migration 0009
+    )
 
 
 class Meter(Base):
@@ -61,6 +66,7 @@ class Meter(Base):
     aggregation: Mapped[str] = mapped_column(Text)
     value_property: Mapped[str | None] = mapped_column(Text)
     filters: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    allow_negative: Mapped[bool] = mapped_column(server_default=text("false"))
     __table_args__ = (
         ForeignKeyConstraint(["organization_id"], ["organizations.id"]),
         CheckConstraint("aggregation IN ('count','sum','max','unique_count','latest')", name="meter_aggregation"),
@@ -285,6 +291,23 @@ class DeadLetter(Base):
     detail: Mapped[str] = mapped_column(Text)
     key: Mapped[bytes | None] = mapped_column(LargeBinary)
     value: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class DedupConflict(Base):
+    """A re-sent record whose payload differs from the event already counted under its id."""
+
+    __tablename__ = "dedup_conflicts"
+    topic: Mapped[str] = mapped_column(Text, primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    organization_id: Mapped[str] = mapped_column(Text)
+    dedup_key: Mapped[str] = mapped_column(Text)
+    customer_id: Mapped[str] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(Text)
+    event_time: Mapped[datetime] = mapped_column(TS)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    recorded_at: Mapped[datetime] = mapped_column(TS, server_default=text("now()"))
+    __table_args__ = (Index("dedup_conflicts_event", "organization_id", "dedup_key"),)
 
 
 class Invoice(Base):

@@ -34,6 +34,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from invoicing.close import CloseSummary, close_batch
+from invoicing.close_safety import outstanding_failures
 from invoicing.commands import issue_due_drafts
 from invoicing.metrics import SchedulerMetrics
 from invoicing.subscription_jobs import end_trials, mark_overdue, reactivate_paid
@@ -98,6 +99,7 @@ class Scheduler:
                     log.warning("deferred: %s", error)
                 if batch.batches == 0 or batch.invoices + batch.ended == 0:
                     break
+            self.metrics.close_failing.set(len(outstanding_failures(self.engine)))
             return f"{total.invoices} invoice(s), {total.failed} deferred"
 
         self._run_job(job, body)

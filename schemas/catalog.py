@@ -7,22 +7,35 @@ contract: frozen models, unknown fields rejected, every decimal parsed exactly.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from schemas.plans import Plan
+from schemas.plans import CURRENCY_EXPONENTS, Plan
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 Ident = Annotated[str, Field(pattern=_ID)]
 
 
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+"""Catalog instants lie in [EARLIEST_TIME, LATEST_TIME): every period grid built on them stays a real date."""
+
+
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("timestamp must carry a timezone (e.g. 2026-01-01T00:00:00Z)")
+    if not EARLIEST_TIME <= value < LATEST_TIME:
+        raise ValueError(f"{value.isoformat()} is outside the supported range 1970-01-01 to 2200-01-01")
     return value
+
+
+def _iso_4217(code: str) -> str:
+    if code not in CURRENCY_EXPONENTS:
+        raise ValueError(f"unknown currency {code!r} (want an ISO 4217 code like USD)")
+    return code
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
@@ -89,7 +102,7 @@ class Organization(_Frozen):
 
     id: Ident
     name: str
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_iso_4217)]
     payment_terms_days: int = Field(default=30, ge=0, le=365)
     invoice_prefix: str | None = Field(default=None, pattern=r"^[A-Z0-9]{1,12}$")
     draft_grace: DurationSeconds = Field(
@@ -104,6 +117,9 @@ class Meter(_Frozen):
     aggregation: Aggregation
     value_property: str | None = Field(default=None, pattern=r"^[^.]+(\.[^.]+)*$")
     filters: dict[str, tuple[Any, ...]] | None = None
+    allow_negative: bool = Field(
+        default=False, description="Accept negative values; otherwise the worker dead-letters them `negative_value`."
+    )
 
     @model_validator(mode="after")
     def _value_property_when_needed(self) -> Meter:

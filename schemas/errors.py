@@ -4,7 +4,10 @@
     ├── InvalidInput (ValueError)    code "invalid_input"
     │   ├── InvalidPlan              code "invalid_plan"
     │   ├── InvalidUsage             code "invalid_usage"
-    │   ├── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog)
+    │   ├── InvalidCatalog           code "invalid_catalog"      (invoicing.catalog_guards)
+    │   │   └── BilledHistoryChange  code "billed_history_change" (invoicing.catalog_guards)
+    │   ├── AsOfInFuture             code "as_of_in_future"      (invoicing.close_safety)
+    │   ├── InvoiceOutOfRange        code "invoice_out_of_range" (invoicing.close_safety)
     │   ├── InvalidCreditAmount      code "invalid_credit_amount" (invoicing.credit_notes)
     │   ├── InvalidParameter         code "invalid_parameter"    (names the field; API inputs)
     │   └── InvalidSetting           code "invalid_setting"      (valora.settings: a VALORA_* variable)
@@ -29,6 +32,7 @@
     ├── InvoiceLineNotFound (LookupError) code "invoice_line_not_found" (invoicing.credit_notes)
     ├── CreditNoteNotFound (LookupError) code "credit_note_not_found" (invoicing.credit_notes)
     ├── SubscriptionNotFound (LookupError) code "subscription_not_found" (invoicing.subscriptions)
+    ├── OffsetsOutOfRange            code "offsets_out_of_range" (streams.offsets)
     └── WorkerCrashed                code "worker_crashed"       (streams.worker)
 
 The subclasses live with the code that raises them (named in brackets above).

@@ -20,7 +20,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import InvalidPlan
 
@@ -64,8 +64,41 @@ def _reject_inexact(value: object) -> object:
     return value
 
 
-Amount = Annotated[Decimal, BeforeValidator(_reject_inexact), Field(ge=0, allow_inf_nan=False)]
-"""A non-negative, finite, exactly parsed decimal (prices, quantities, sizes)."""
+MAX_PRICE: Final = Decimal(10) ** 12
+"""The largest price or fee a plan may name, in major units: with every ISO 4217 exponent (at most
+4) an invoice of many such charges still fits the store's 64-bit minor units."""
+MAX_QUANTITY: Final = Decimal(10) ** 18
+"""The largest quantity a plan may name (a tier bound, free units, a package size)."""
+MAX_DECIMAL_PLACES: Final = 18
+"""Finer than this is not a price anyone means, and exact arithmetic on it costs without bound."""
+
+
+def _bounded_places(value: Decimal) -> Decimal:
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > MAX_DECIMAL_PLACES and value != value.to_integral_value():
+        normalized = value.normalize().as_tuple().exponent
+        if isinstance(normalized, int) and -normalized > MAX_DECIMAL_PLACES:
+            raise ValueError(f"{value} has more than {MAX_DECIMAL_PLACES} decimal places")
+    return value
+
+
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_reject_inexact),
+    Field(ge=0, le=MAX_PRICE, allow_inf_nan=False),
+    AfterValidator(_bounded_places),
+]
+"""A price or fee: non-negative, finite, exactly parsed, at most `MAX_PRICE` with at most 18 decimals."""
+Quantity = Annotated[
+    Decimal,
+    BeforeValidator(_reject_inexact),
+    Field(ge=0, le=MAX_QUANTITY, allow_inf_nan=False),
+    AfterValidator(_bounded_places),
+]
+"""A quantity a plan names: non-negative, finite, exactly parsed, at most `MAX_QUANTITY`."""
+
+MAX_INTERVAL_COUNT: Final = 100
+"""At most 100 intervals per period (100 years): every period boundary stays a real date."""
 
 _KEY = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # no ':' — line keys use it as a separator
 _IDENT = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
@@ -98,7 +131,7 @@ class _Frozen(BaseModel):
 class Tier(_Frozen):
     """One row of a tier table: units up to and including `up_to` (None: no upper bound)."""
 
-    up_to: Amount | None
+    up_to: Quantity | None
     unit_amount: Amount = Decimal(0)
     flat_amount: Amount = Decimal(0)
 
@@ -133,8 +166,8 @@ class Charge(_Frozen):
     meter: str | None = Field(default=None, pattern=_IDENT)
     amount: Amount | None = None
     unit_amount: Amount | None = None
-    free_units: Amount = Decimal(0)
-    package_size: Amount | None = None
+    free_units: Quantity = Decimal(0)
+    package_size: Quantity | None = None
     package_amount: Amount | None = None
     tiers: tuple[Tier, ...] | None = None
     minimum_amount: Amount | None = None
@@ -198,7 +231,7 @@ class Plan(_Frozen):
     code: str = Field(pattern=_IDENT)
     currency: str
     interval: Interval = Interval.MONTH
-    interval_count: int = Field(default=1, ge=1)
+    interval_count: int = Field(default=1, ge=1, le=MAX_INTERVAL_COUNT)
     charges: tuple[Charge, ...]
     name: str | None = None
     billing_timing: BillingTiming = BillingTiming.IN_ARREARS

@@ -15,7 +15,16 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 from schemas.catalog import Aggregation
-from streams.decode import Reason, Rejection, UsageEvent, decode_record, read_path
+from streams.decode import (
+    MAX_ABS_VALUE,
+    MAX_DECIMAL_PLACES,
+    MAX_FIELD_CHARS,
+    Reason,
+    Rejection,
+    UsageEvent,
+    decode_record,
+    read_path,
+)
 from streams.snapshot import CatalogSnapshot, MeterView, Routing
 
 
@@ -59,22 +68,49 @@ class BatchPlan:
     contributions: list[Contribution] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     in_batch_duplicates: int = 0
+    # Re-sends in this batch whose payload differs from the first one: (the re-sent event, its record).
+    conflicts: list[tuple[UsageEvent, Record]] = field(default_factory=list)
     # `events` as COPY rows, when streams.sink.render_events has rendered them ahead of the transaction.
     event_rows: bytes | None = None
 
+    def reject(self, event: UsageEvent, rec: Record, code: Reason, detail: str) -> None:
+        """Turn a planned event into a dead letter (it failed after planning, e.g. when written out)."""
+        ident = (event.organization, event.dedup_key)
+        self.events = [(e, r) for e, r in self.events if r is not rec]
+        self.contributions = [c for c in self.contributions if (c.organization, c.dedup_key) != ident]
+        self.dead_letters.append(
+            DeadLetter(rec.partition, rec.offset, event.organization, code, detail, rec.key, rec.value)
+        )
+
 
 def _numeric(value: Any) -> Decimal | None:
+    """A JSON number or numeric string as an exact Decimal; None when it is not a number.
+
+    Raises:
+        Rejection: `value_out_of_range` past `MAX_ABS_VALUE` or `MAX_DECIMAL_PLACES`, so that
+            every accepted value can be totalled exactly and billed in bigint minor units.
+    """
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, Decimal)):
-        return Decimal(value)
+    if isinstance(value, int):
+        if -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+            return Decimal(value)
+        raise Rejection(Reason.VALUE_OUT_OF_RANGE, f"value is beyond ±{MAX_ABS_VALUE:.0e}")
     if isinstance(value, str):
+        if len(value) > 64:  # longer than any number in range could be written
+            raise Rejection(Reason.VALUE_OUT_OF_RANGE, f"value {value[:20]!r}… is longer than 64 characters")
         try:
-            parsed = Decimal(value)
+            value = Decimal(value)
         except InvalidOperation:
             return None
-        return parsed if parsed.is_finite() else None
-    return None
+    if not isinstance(value, Decimal) or value.is_nan():
+        return None
+    exponent = value.as_tuple().exponent
+    if value.is_infinite() or not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+        raise Rejection(Reason.VALUE_OUT_OF_RANGE, f"value {value} is beyond ±{MAX_ABS_VALUE:.0e}")
+    if isinstance(exponent, int) and exponent < -MAX_DECIMAL_PLACES:
+        raise Rejection(Reason.VALUE_OUT_OF_RANGE, f"value {value} has more than {MAX_DECIMAL_PLACES} decimal places")
+    return value
 
 
 def _matches(meter: MeterView, properties: dict[str, Any]) -> bool:
@@ -89,6 +125,7 @@ _COUNT, _UNIQUE = Aggregation.COUNT, Aggregation.UNIQUE_COUNT
 _ONE = Decimal(1)
 
 
+_DETAIL_MAX = 500  # characters of a dead letter's detail (it may quote the offending value)
 _ROUTINGS_MAX = 100_000  # cached routings per snapshot; past it the cache starts over
 
 
@@ -160,22 +197,31 @@ def _meter_value(meter: MeterView, properties: dict[str, Any]) -> tuple[Decimal,
                 Reason.SCHEMA,
                 f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is missing or not a scalar",
             )
-        return _ONE, raw if isinstance(raw, str) else str(raw)
+        distinct = raw if isinstance(raw, str) else str(raw)
+        if len(distinct) > MAX_FIELD_CHARS:
+            raise Rejection(Reason.TOO_LARGE, f"meter {meter.key!r}: a distinct value is limited to {MAX_FIELD_CHARS}")
+        return _ONE, distinct
     number = _numeric(raw)
     if number is None:
         raise Rejection(
             Reason.VALUE_NOT_NUMERIC,
             f"meter {meter.key!r}: property {'.'.join(meter.value_path)!r} is {raw!r}, not a number",
         )
+    if number < 0 and not meter.allow_negative:
+        raise Rejection(Reason.NEGATIVE_VALUE, f"meter {meter.key!r} does not allow negative values ({number})")
     return number, None
 
 
 def plan_batch(
     records: Iterable[Record], snapshot: CatalogSnapshot, *, now: datetime, future_tolerance: timedelta
 ) -> BatchPlan:
-    """Decode, route and dedup (within the batch) a sequence of records."""
+    """Decode, route and dedup (within the batch) a sequence of records.
+
+    Whatever goes wrong with one record, a Rejection or any other exception, makes that
+    record a dead letter and nothing else: the rest of the batch is planned as usual.
+    """
     plan = BatchPlan()
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], UsageEvent] = {}
     for rec in records:
         org: str | None = None
         try:
@@ -184,16 +230,24 @@ def plan_batch(
             if org not in snapshot.organizations:
                 raise Rejection(Reason.UNKNOWN_ORGANIZATION, f"organization {org!r} is not in the catalog")
             ident = (org, event.dedup_key)
-            if ident in seen:
+            first = seen.get(ident)
+            if first is not None:
                 plan.in_batch_duplicates += 1
+                if first[3:] != event[3:]:  # customer, type, time or properties differ
+                    plan.conflicts.append((event, rec))
                 continue
             contributions = _contributions(event, snapshot)
         except Rejection as rej:
+            detail = rej.detail if len(rej.detail) <= _DETAIL_MAX else rej.detail[:_DETAIL_MAX] + "…"
+            plan.dead_letters.append(DeadLetter(rec.partition, rec.offset, org, rej.code, detail, rec.key, rec.value))
+            continue
+        except Exception as exc:  # one record's failure must never stop the others
+            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
             plan.dead_letters.append(
-                DeadLetter(rec.partition, rec.offset, org, rej.code, rej.detail, rec.key, rec.value)
+                DeadLetter(rec.partition, rec.offset, org, Reason.UNPROCESSABLE, detail, rec.key, rec.value)
             )
             continue
-        seen.add(ident)
+        seen[ident] = event
         plan.events.append((event, rec))
         plan.contributions.extend(contributions)
     return plan

@@ -29,7 +29,7 @@ import msgspec
 from confluent_kafka import KafkaError, Producer
 
 from schemas.errors import InvalidParameter, ValoraError
-from streams.decode import Reason, Rejection, decode_record
+from streams.decode import MAX_DEPTH, Reason, Rejection, decode_record, nesting_depth
 
 MAX_BODY_BYTES = 1_048_576
 MAX_BATCH = 1_000
@@ -74,6 +74,9 @@ def split_body(body: bytes, *, expect: str | None = None) -> list[bytes]:
     kind = {b"{": "object", b"[": "array"}.get(head)
     if kind is None or (expect is not None and kind != expect):
         raise InvalidParameter("body", f"must be a JSON {expect or 'object or array'} of events")
+    limit = MAX_DEPTH + (kind == "array")  # parsing recurses: refuse what the worker would call too_deep first
+    if body.count(b"{") + body.count(b"[") > limit and nesting_depth(body) > limit:
+        raise InvalidParameter("body", f"an event may be nested at most {MAX_DEPTH} levels deep")
     try:
         raws = [_ONE.decode(body)] if kind == "object" else _MANY.decode(body)
     except msgspec.DecodeError as exc:

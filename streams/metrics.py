@@ -46,6 +46,17 @@ class WorkerMetrics:
         self.lag = Gauge(
             "valora_worker_consumer_lag", "Records behind the high watermark", ["partition"], registry=registry
         )
+        self.conflicts = Counter(
+            "valora_worker_dedup_conflicts_total",
+            "Re-sent events whose payload differs from the one counted (rows in dedup_conflicts)",
+            registry=registry,
+        )
+        self.offset_gap = Gauge(
+            "valora_worker_offset_gap",
+            "1 while the log no longer holds the partition's stored next offset (the partition is paused)",
+            ["partition"],
+            registry=registry,
+        )
         self.summary: Tally[str] = Tally()
 
     def observe_batch(self, result: BatchResult, seconds: float) -> None:
@@ -57,6 +68,7 @@ class WorkerMetrics:
         self.duplicates.inc(result.duplicates)
         self.replayed.inc(result.replayed)
         self.late.inc(result.late)
+        self.conflicts.inc(result.conflicts)
         for dead in result.dead_letters:
             self.dead_lettered.labels(dead.code.value).inc()
         self.summary.update(
@@ -65,5 +77,6 @@ class WorkerMetrics:
             duplicates=result.duplicates,
             dead_lettered=len(result.dead_letters),
             late=result.late,
+            conflicts=result.conflicts,
             batches=1,
         )

@@ -9,6 +9,7 @@ for its data is bisected until the refused record stands alone and is dead-lette
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +26,16 @@ from invoicing.db import make_engine, psycopg_connect_args
 from streams.batch import BatchPlan, DeadLetter, Record, plan_batch
 from streams.decode import Reason
 from streams.metrics import WorkerMetrics
+from streams.offsets import Gap
 from streams.sink import BatchResult, StaleSnapshot, render_events, write_batch
 from streams.snapshot import CatalogSnapshot, load_snapshot
 
 log = logging.getLogger("valora.worker")
 
 _CATALOG_REASONS = frozenset({Reason.UNKNOWN_ORGANIZATION, Reason.UNKNOWN_CUSTOMER, Reason.NO_ACTIVE_SUBSCRIPTION})
+# A dead letter's value goes to the DLQ topic only below Kafka's default message size (1 MB);
+# past it the message says `value_omitted` and the value is in the `dead_letters` row.
+_DLQ_VALUE_MAX = 900_000
 _MIN_REFRESH_S = 1.0  # at most one extra catalog load per second, however many such records arrive
 
 
@@ -58,6 +63,8 @@ class WorkerConfig:
     idle_quiet_s: float = 2.0
     data_dir: str | None = None  # Faust's data directory; None: a temporary one, removed on exit
     log_level: str = "warning"
+    reset_offsets: bool = False  # move stored offsets the log no longer holds to its start (streams.offsets)
+    offset_check_s: float = 30.0  # how often a running worker re-checks that the log holds its offsets
 
 
 def stored_offsets(conn: psycopg.Connection[Any], group: str, topic: str) -> dict[int, int]:
@@ -81,12 +88,15 @@ class BatchProcessor:
         self.offsets: dict[int, int] = {}
         self.crash: BaseException | None = None
         self.stop_reason: str | None = None  # "idle" when `--until-idle` caught up
+        self.gaps: dict[int, Gap] = {}  # partitions paused: the log no longer holds their stored offset
         self.touched: set[tuple[str, str, datetime]] = set()
+        self._touched_lock = threading.Lock()  # the writer adds, the totals timer takes
         self._engine: Engine | None = None  # snapshot loads and totals publishing share it
 
     def publish_totals(self) -> int:
         """Rate and publish the running totals touched since the last call (compacted topic)."""
-        touched, self.touched = self.touched, set()
+        with self._touched_lock:
+            touched, self.touched = self.touched, set()
         if not touched:
             return 0
         from invoicing.usage import totals_for
@@ -94,7 +104,8 @@ class BatchProcessor:
         try:
             totals = totals_for(self._sqlalchemy(), touched)
         except OperationalError:
-            self.touched |= touched  # Postgres away: publish on a later tick
+            with self._touched_lock:
+                self.touched |= touched  # Postgres away: publish on a later tick
             return 0
         for total in totals:
             key = f"{total['organization']}/{total['subscription']}/{total['period_start']}".encode()
@@ -105,6 +116,10 @@ class BatchProcessor:
     def stored_offsets(self) -> dict[int, int]:
         with psycopg.connect(**psycopg_connect_args(self.cfg.database_url), autocommit=True, connect_timeout=5) as conn:
             return stored_offsets(conn, self.cfg.group, self.cfg.events_topic)
+
+    def connection_for_reset(self) -> psycopg.Connection[Any]:
+        """A connection of its own for an operator's offset reset (streams.offsets)."""
+        return psycopg.connect(**psycopg_connect_args(self.cfg.database_url), autocommit=True, connect_timeout=5)
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
@@ -127,15 +142,18 @@ class BatchProcessor:
 
     def _produce_dead_letters(self, dead: list[DeadLetter]) -> None:
         for d in dead:
-            reason = {
+            reason: dict[str, Any] = {
                 "code": d.code.value,
                 "detail": d.detail,
                 "topic": self.cfg.events_topic,
                 "partition": d.partition,
                 "offset": d.offset,
             }
+            value = d.value
+            if len(d.key or b"") + len(value or b"") + len(d.detail) > _DLQ_VALUE_MAX:
+                value, reason["value_omitted"] = None, True  # past Kafka's message size: kept in `dead_letters`
             self.producer.produce(
-                self.cfg.dlq_topic, key=d.key, value=d.value, headers=[("valora-reason", orjson.dumps(reason))]
+                self.cfg.dlq_topic, key=d.key, value=value, headers=[("valora-reason", orjson.dumps(reason))]
             )
         if dead and self.producer.flush(30) > 0:
             raise DeliveryFailed("dead letters were not delivered to the DLQ topic")
@@ -170,31 +188,37 @@ class BatchProcessor:
     def process(self, records: list[Record], plan: BatchPlan | None = None) -> BatchResult:
         """Commit one batch, retrying with backoff until Postgres takes it.
 
-        A batch Postgres refuses for its data (not for being away) is split in halves until
-        the record it refuses stands alone; that one is dead-lettered `rejected_by_store`.
+        A batch Postgres refuses for its data (not for being away), or whose write fails in
+        any other way, is split in halves until the record it fails on stands alone; that one
+        is dead-lettered `rejected_by_store` (Postgres refused it) or `unprocessable`.
         """
         try:
             result = self._commit(records, plan)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except Exception as exc:  # isolated below; Postgres being away is retried in _commit
             result = self._isolate(records, exc)
         for p, nxt in result.next_offsets.items():
             self.offsets[p] = max(self.offsets.get(p, 0), nxt)
-        self.touched |= result.touched
+        with self._touched_lock:
+            self.touched |= result.touched
         return result
 
     def _isolate(self, records: list[Record], exc: Exception) -> BatchResult:
         if len(records) == 1:
             [rec] = records
-            detail = f"Postgres refused the record: {str(exc).splitlines()[0]}"
+            if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded)):
+                code, detail = Reason.REJECTED_BY_STORE, f"Postgres refused the record: {str(exc).splitlines()[0]}"
+            else:
+                code, detail = Reason.UNPROCESSABLE, f"writing the record failed: {type(exc).__name__}: {exc}"[:300]
+            log.warning("record %d@%d dead-lettered %s: %s", rec.offset, rec.partition, code.value, detail)
             org = rec.key.decode("utf-8", "replace") if rec.key else None
-            dead = DeadLetter(rec.partition, rec.offset, org, Reason.REJECTED_BY_STORE, detail, rec.key, rec.value)
+            dead = DeadLetter(rec.partition, rec.offset, org, code, detail, rec.key, rec.value)
             return self._commit(records, BatchPlan(dead_letters=[dead]))
         half = len(records) // 2
         results = []
         for part in (records[:half], records[half:]):
             try:
                 results.append(self._commit(part, None))
-            except (psycopg.DataError, psycopg.IntegrityError) as part_exc:
+            except Exception as part_exc:  # bisected until the failing record stands alone
                 results.append(self._isolate(part, part_exc))
         return results[0].merge(results[1])
 
@@ -214,6 +238,8 @@ class BatchProcessor:
                     plan=plan,
                     before_commit=self._produce_dead_letters,
                 )
+            except psycopg.errors.ProgramLimitExceeded:
+                raise  # a value past a Postgres limit (e.g. an index row): the record's fault, isolated by process()
             except StaleSnapshot as exc:
                 log.info("batch planned on an older catalog (%s); planning it again", exc)
                 self.snapshot, plan = None, None  # write_batch plans on the reloaded snapshot

@@ -34,6 +34,8 @@ import psycopg
 from invoicing.plan_changes import PLAN_CHANGE_LOCK
 from rating.aggregation import MERGE_RULE, MergeRule, fold_row
 from streams.batch import BatchPlan, Contribution, DeadLetter, Record, plan_batch
+from streams.conflicts import record_conflicts
+from streams.decode import Reason
 from streams.snapshot import CatalogSnapshot
 
 _ENCODE_PROPS = msgspec.json.Encoder(decimal_format="number").encode
@@ -51,6 +53,7 @@ class BatchResult:
     duplicates: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     late: int = 0
+    conflicts: int = 0  # re-sends whose payload differs from the event counted (rows in dedup_conflicts)
     touched: set[tuple[str, str, datetime]] = field(default_factory=set)  # (organization, subscription, period)
     next_offsets: dict[int, int] = field(default_factory=dict)
 
@@ -63,6 +66,7 @@ class BatchResult:
             duplicates=self.duplicates + other.duplicates,
             dead_letters=self.dead_letters + other.dead_letters,
             late=self.late + other.late,
+            conflicts=self.conflicts + other.conflicts,
             touched=self.touched | other.touched,
             next_offsets={
                 p: max(self.next_offsets.get(p, 0), other.next_offsets.get(p, 0))
@@ -137,7 +141,11 @@ def render_events(plan: BatchPlan, topic: str) -> bytes:
     """
     encode, topic_text, lines = _ENCODE_PROPS, _copy_text(topic), []
     for ev, rec in plan.events:
-        when, props = encode(ev.time)[1:-1].decode(), encode(ev.properties).decode()
+        try:
+            when, props = encode(ev.time)[1:-1].decode(), encode(ev.properties).decode()
+        except Exception as exc:  # the record alone is dead-lettered, the batch goes on
+            plan.reject(ev, rec, Reason.UNPROCESSABLE, f"{type(exc).__name__}: {str(exc)[:200]}")
+            return render_events(plan, topic)
         line = f"{ev.organization}\t{ev.dedup_key}\t{ev.customer}\t{ev.type}\t{when}\t{props}"
         if "\\" in line or "\n" in line or "\r" in line or line.count("\t") != 5:
             line = "\t".join(map(_copy_text, (ev.organization, ev.dedup_key, ev.customer, ev.type, when, props)))
@@ -322,13 +330,15 @@ def _without_replays(plan: BatchPlan, stored: dict[int, int]) -> BatchPlan:
         return offset >= stored.get(partition, 0)
 
     events = [(ev, rec) for ev, rec in plan.events if fresh(rec.partition, rec.offset)]
-    if len(events) == len(plan.events) and all(fresh(d.partition, d.offset) for d in plan.dead_letters):
+    others = [(d.partition, d.offset) for d in plan.dead_letters] + [(r.partition, r.offset) for _, r in plan.conflicts]
+    if len(events) == len(plan.events) and all(fresh(p, o) for p, o in others):
         return plan
     keys = {(ev.organization, ev.dedup_key) for ev, _ in events}
     return BatchPlan(
         events=events,
         contributions=[c for c in plan.contributions if (c.organization, c.dedup_key) in keys],
         dead_letters=[d for d in plan.dead_letters if fresh(d.partition, d.offset)],
+        conflicts=[(ev, rec) for ev, rec in plan.conflicts if fresh(rec.partition, rec.offset)],
     )
 
 
@@ -381,6 +391,7 @@ def write_batch(
         )
         _record_late(cur, late)
         _record_dead_letters(cur, topic, plan.dead_letters)
+        result.conflicts = record_conflicts(cur, topic, plan, old_keys.keys())
         advanced = _advance(cur, group, topic, records, counts) if records else {}
         # Never hand Kafka an offset below what Postgres already stored (a partition re-read after a rebalance).
         result.next_offsets = {p: max(o, stored.get(p, 0)) for p, o in advanced.items()}

@@ -29,6 +29,7 @@ class MeterView:
     aggregation: Aggregation
     value_path: tuple[str, ...]
     filters: Mapping[str, frozenset[str]]
+    allow_negative: bool = False
 
 
 Route = tuple[str, frozenset[str], datetime, datetime, datetime]
@@ -132,6 +133,7 @@ def load_snapshot(engine: Engine) -> CatalogSnapshot:
                     aggregation=Aggregation(meter.aggregation),
                     value_path=tuple(meter.value_property.split(".")) if meter.value_property else (),
                     filters=_filters(meter.filters),
+                    allow_negative=meter.allow_negative,
                 )
             )
         plans = {(p.organization_id, p.code): load_plan(p.spec) for p in session.scalars(select(m.Plan))}

@@ -35,6 +35,7 @@ from faust.worker import Worker
 from schemas.errors import ValoraError
 from streams.batch import Record
 from streams.metrics import WorkerMetrics
+from streams.offsets import find_gaps, refusal, reset_to_earliest
 from streams.processor import BatchProcessor, WorkerConfig
 from streams.report import WorkerReport
 from streams.sink import BatchResult
@@ -137,6 +138,8 @@ _GC_THRESHOLDS = (50_000, 20, 20)
 # default) for the GIL, which made the write path, not the CPU, the limit (~63k against ~84k
 # events/s in the 200k bench at 0.5 ms).
 _SWITCH_INTERVAL_S = 0.0005
+# Running totals may take at most a tenth of the wall time (see build_app's publish_totals).
+_TOTALS_SHARE_INVERSE = 10
 
 
 def _tune_interpreter() -> None:
@@ -160,6 +163,8 @@ async def ingest_loop(
         bootstrap_servers=cfg.bootstrap,
         group_id=cfg.group,
         enable_auto_commit=False,
+        # A position the log lost resets to its start, where the offset guard skips (never counts or
+        # commits) what lies below the stored offset; check_log then finds the gap and pauses it.
         auto_offset_reset="earliest",
         max_poll_records=cfg.batch_max,
         session_timeout_ms=cfg.session_timeout_ms,
@@ -207,6 +212,8 @@ async def ingest_loop(
     try:
         while not should_stop():
             fetched = await consumer.getmany(timeout_ms=int(cfg.batch_within_s * 1000), max_records=cfg.batch_max)
+            if processor.gaps or consumer.paused():
+                fetched = await _hold_gaps(consumer, fetched, processor)
             records = [Record(tp.partition, r.offset, r.key, r.value) for tp, rs in fetched.items() for r in rs]
             if not records:
                 if pending is not None:
@@ -225,6 +232,49 @@ async def ingest_loop(
         planner.shutdown()
         writer.shutdown()
         await consumer.stop()
+
+
+async def _hold_gaps(consumer: AIOKafkaConsumer, fetched: dict[Any, Any], processor: BatchProcessor) -> dict[Any, Any]:
+    """Pause the partitions whose stored offset the log lost, dropping what was fetched from them;
+    resume those that are no longer gaps (an operator reset them) at their stored offset."""
+    gaps = processor.gaps
+    cleared = [tp for tp in consumer.paused() if tp.partition not in gaps]
+    if cleared:
+        stored = await asyncio.get_running_loop().run_in_executor(None, processor.stored_offsets)
+        for tp in cleared:
+            consumer.seek(tp, stored.get(tp.partition, 0))
+        consumer.resume(*cleared)
+    held = [tp for tp in fetched if tp.partition in gaps]
+    if held:
+        consumer.pause(*held)
+    return {tp: rs for tp, rs in fetched.items() if tp.partition not in gaps}
+
+
+def check_log(cfg: WorkerConfig, processor: BatchProcessor) -> None:
+    """Find partitions whose stored next offset the log no longer holds, and refuse them.
+
+    With `reset_offsets` they are moved to the log start first. `--until-idle` raises;
+    a running worker pauses them and reports (error line, `valora_worker_offset_gap`).
+
+    Raises:
+        OffsetsOutOfRange: in `until_idle` mode, when any partition is a gap.
+    """
+    stored = processor.stored_offsets()
+    gaps = find_gaps(cfg.bootstrap, cfg.events_topic, stored)
+    if gaps and cfg.reset_offsets:
+        with processor.connection_for_reset() as conn:
+            reset_to_earliest(conn, cfg.group, cfg.events_topic, gaps)
+        for gap in gaps.values():
+            log.warning("reset %s to its log start", gap.describe(cfg.events_topic))
+        gaps = find_gaps(cfg.bootstrap, cfg.events_topic, processor.stored_offsets())
+    for p in processor.gaps.keys() - gaps.keys():
+        processor.metrics.offset_gap.labels(str(p)).set(0)
+    if gaps and cfg.until_idle:
+        raise refusal(cfg.events_topic, gaps)
+    for p, gap in gaps.items():
+        processor.metrics.offset_gap.labels(str(p)).set(1)
+        log.error("partition paused: %s; run `valora worker --reset-offsets earliest`", gap.describe(cfg.events_topic))
+    processor.gaps = gaps
 
 
 def build_app(
@@ -278,6 +328,30 @@ def build_app(
                 processor.stop_reason = "idle"
                 stop()
 
+    else:
+
+        @app.timer(cfg.offset_check_s)  # type: ignore[untyped-decorator]
+        async def check_offsets() -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, check_log, cfg, processor)
+            except Exception as exc:  # the broker or Postgres away: checked again on the next tick
+                log.warning("offsets not checked: %s", exc)
+
+    next_totals = [0.0]
+
+    @app.timer(cfg.totals_interval_s)  # type: ignore[untyped-decorator]
+    async def publish_totals() -> None:
+        started = time.monotonic()
+        if started < next_totals[0]:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, processor.publish_totals)
+        except Exception as exc:  # running totals are a view: a failed tick is retried on the next
+            log.warning("running totals not published: %s", exc)
+        # Rating shares the interpreter with ingestion: when the touched totals take long to
+        # rate (thousands of subscriptions a second), publish less often rather than slow ingest.
+        next_totals[0] = started + _TOTALS_SHARE_INVERSE * (time.monotonic() - started)
+
     return app
 
 
@@ -317,6 +391,7 @@ def run_worker(
     if cfg.metrics_port is not None:
         start_http_server(cfg.metrics_port, registry=registry)
     processor = BatchProcessor(cfg, metrics, clock)
+    check_log(cfg, processor)
     idle: IdleWatch | None = None
     if cfg.until_idle:
         idle = IdleWatch(end_offsets(cfg.bootstrap, cfg.events_topic), cfg.idle_quiet_s)

@@ -105,6 +105,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         batch_max=settings.batch_max,
         future_tolerance=settings.future_tolerance,
         until_idle=args.until_idle,
+        reset_offsets=args.reset_offsets == "earliest",
         metrics_port=settings.metrics_port,
         session_timeout_ms=settings.session_timeout_ms,
         data_dir=str(settings.state_dir / "worker"),
@@ -123,30 +124,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_close(args: argparse.Namespace) -> int:
+    """Close what is due; exits non-zero while any period of the run's scope is failing (listed on stderr)."""
     from invoicing.close import close_due
+    from invoicing.close_safety import check_as_of, outstanding_failures, retry_now
 
     settings = load_settings()
-    as_of = args.as_of or now_utc()
+    now = now_utc()
+    as_of = check_as_of(args.as_of or now, now, settings.future_tolerance, allow_future=args.allow_future)
     engine = connect_engine(settings)
     if args.org is not None:
         from invoicing.lookup import require_organization
 
         require_organization(engine, args.org)
+    if args.retry_failed:
+        retry_now(engine, args.org)
     summary = close_due(
-        engine,
-        as_of=as_of,
-        grace=settings.late_grace,
-        clock=lambda: as_of,
-        organization=args.org,
-        limit=args.batch,
+        engine, as_of=as_of, grace=settings.late_grace, clock=lambda: as_of, organization=args.org, limit=args.batch
     )
+    failing = outstanding_failures(engine, args.org)
     print(
         f"closed {summary.invoices} period(s) as of {as_of.isoformat()}"
-        + (f"; {summary.failed} failed and will be retried" if summary.failed else "")
+        + (f"; {len(failing)} period(s) failing, see close_failures" if failing else "")
     )
-    for error in summary.errors:
-        print(f"  failed: {error}", file=sys.stderr)
-    return 0
+    for failure in failing:
+        print(f"  failed: {failure.line()}", file=sys.stderr)
+    return EXIT_ERROR if failing else 0
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -250,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run the stream worker (Faust)")
     worker.add_argument("--until-idle", action="store_true", help="exit once everything present at start is processed")
+    worker.add_argument(
+        "--reset-offsets",
+        choices=["earliest"],
+        help="read partitions whose stored offset the log no longer holds from the log start (see ARCHITECTURE.md)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     close = sub.add_parser("close", help="close ended billing periods and write invoices")
@@ -261,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=CLOSE_BATCH,
         help=f"periods per transaction, 1 to {MAX_BATCH:,} (default {CLOSE_BATCH})",
     )
+    close.add_argument(
+        "--allow-future", action="store_true", help="simulation: accept an --as-of later than the real clock"
+    )
+    close.add_argument("--retry-failed", action="store_true", help="retry failing periods now, not after the backoff")
     close.set_defaults(func=cmd_close)
 
     sched = sub.add_parser("scheduler", help="run the period close continuously (safe to run several)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from invoicing.catalog import InvalidCatalog
+from invoicing.catalog_guards import BilledHistoryChange
 from invoicing.commands import ConcurrentUpdate, InvoiceHasCreditNotes, InvoiceNotFound
 from invoicing.credit_notes import (
     CreditNoteNotFound,
@@ -60,6 +61,7 @@ TABLE: dict[type[BaseException], ErrorKind] = {
     InvalidParameter: ErrorKind(422, "Invalid input"),
     InvalidPlan: ErrorKind(422, "Invalid plan"),
     InvalidCatalog: ErrorKind(422, "Invalid catalog entry"),
+    BilledHistoryChange: ErrorKind(409, "Would rewrite billed history"),
     InvalidCreditAmount: ErrorKind(422, "Invalid credit amount"),
     InvoiceLineNotFound: ErrorKind(422, "No such invoice line"),
     PlanNotFound: ErrorKind(422, "No such plan"),

@@ -13,7 +13,7 @@ from schemas.errors import InvalidInput, InvalidParameter, ValoraError
 from valora.problems import TABLE, InternalError, cli_line, kind_for_class, problem
 
 # Errors that never reach the API: the worker's own crash (a process exit) is a 500 there too.
-NOT_API = {"WorkerCrashed"}
+NOT_API = {"WorkerCrashed", "OffsetsOutOfRange"}  # worker-only errors, never raised by the API
 
 
 def _all_error_classes() -> set[type[ValoraError]]:
