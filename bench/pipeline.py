@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 
 from bench.common import apply_synthetic_catalog
 from invoicing.db import psycopg_connect_args, recreate_database
+from schemas.errors import ValoraError
 from streams.publish import publish
 from streams.worker import ensure_topics
 from valora.cli_common import services_for
@@ -192,7 +193,8 @@ def run_pipeline_bench(settings: Any, *, events: int) -> dict[str, Any]:
         if last is None or first is None:
             died = worker.poll() is not None and worker.stderr is not None
             detail = worker.stderr.read().decode()[-500:] if died and worker.stderr else "timeout"
-            raise RuntimeError(f"worker did not catch up: {detail}")
+            last_line = (detail.strip().splitlines() or ["no output"])[-1]
+            raise ValoraError(f"bench: the worker did not catch up: {last_line}")
         rate = (len(records) - first[1]) / max(last - first[0], 1e-9)
         _, accepted = _counters(conn, topic)
         latencies = sorted(_freshness(bootstrap, topic, conn, rate=5000, seconds=10, prefix=prefix))

@@ -79,6 +79,15 @@ _ExactLoader.yaml_implicit_resolvers = {
 }
 
 
+def load_yaml(text: str) -> Any:
+    """YAML with the safe loader and exact decimals (see `_ExactLoader`); shared with `valora quote`.
+
+    Raises:
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    return yaml.load(text, Loader=_ExactLoader)  # a SafeLoader subclass: builds no objects
+
+
 def read_catalog_file(path: Path) -> Any:
     """Read JSON (numbers as exact Decimals) or YAML, by extension, within the limits of
     `invoicing.catalog_guards` (size, depth, NUL bytes, YAML alias expansion)."""

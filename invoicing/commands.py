@@ -254,7 +254,7 @@ def move_invoice(
     """One status change inside the caller's transaction (steps 1-5 of the module docstring)."""
     inv = load_invoice(session, invoice_id)
     current = InvoiceStatus(inv.status)
-    target = advance_invoice(current, action, subject=f"invoice {invoice_id}")
+    target = advance_invoice(current, action, subject=f"invoice {inv.number or invoice_id}")
     # Every move leaves draft (or was never in it), so a draft's grace deadline never outlives it.
     values: dict[str, Any] = {"status": target.value, "issue_after": None}
     if action is InvoiceAction.ISSUE:
@@ -279,7 +279,8 @@ def move_invoice(
 
 def _lost_race(invoice_id: str, current: InvoiceStatus, action: InvoiceAction) -> ConcurrentUpdate:
     return ConcurrentUpdate(
-        f"invoice {invoice_id} is no longer {current}: another change won the race to {action}; re-read it and retry"
+        f"invoice {invoice_id} is no longer {current}: another change to it came first ({action.replace('_', ' ')} "
+        "not done); re-read it and retry"
     )
 
 

@@ -29,8 +29,8 @@ from rating.money import format_minor
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # "Label: 12,000 units (1,000 free) × 0.002", "Label: flat 29.00", "Label: ... all at tier 2 × 0.01":
-# the price per unit is the last number, when nothing but a proration share may follow it.
-_UNIT_PRICE = re.compile(r"(?:: flat | × )(\d[\d,]*(?:\.\d+)?)(?: × \d+(?:/\d+)? of the period)?$")
+# the price per unit is the last number, when nothing but a proration ("prorated 16 of 31 days") follows it.
+_UNIT_PRICE = re.compile(r"(?:: flat | × )(\d[\d,]*(?:\.\d+)?)(?:, prorated [\d.]+ of [\d.]+ days)?$")
 _QUANTITY_PLACES = 6
 
 _CSS = """
@@ -172,7 +172,7 @@ def _header(invoice: dict[str, Any], number: str, organization_name: str) -> str
         ("Status", f'<span class="status status-{_esc(status)}" id="status">{_esc(status)}</span>'),
         ("Issued", _esc(_date(invoice["issued_at"]) or "not issued")),
         ("Due", _esc(_date(invoice["due_at"]) or "—")),
-        ("Billing period", _esc(_window(invoice["period_start"], invoice["period_end"]))),
+        ("Billing period", _esc(billing_window(invoice["period_start"], invoice["period_end"]))),
     ]
     rows = "".join(f"<dt>{_esc(label)}</dt><dd>{markup}</dd>" for label, markup in facts)
     notice = _NOTICES.get(status)
@@ -236,7 +236,7 @@ def _line_row(line: dict[str, Any], currency: str) -> str:
     return (
         f'<tr class="line" data-line-key="{_esc(line["line_key"])}">'
         f'<td class="description">{_esc(line["description"])}</td>'
-        f'<td class="service">{_esc(_window(line["service_start"], line["service_end"]))}</td>'
+        f'<td class="service">{_esc(billing_window(line["service_start"], line["service_end"]))}</td>'
         f'<td class="num quantity">{_esc(_quantity(line["quantity"]))}</td>'
         f'<td class="num unit-price">{_esc(unit) if unit else "—"}</td>'
         f'<td class="num">{_money(line["amount_minor"], currency)}</td></tr>'
@@ -338,7 +338,7 @@ def _date(value: str | None) -> str | None:
     return None if parsed is None else f"{parsed:%Y-%m-%d}"
 
 
-def _window(start: str | None, end: str | None) -> str:
+def billing_window(start: str | None, end: str | None) -> str:
     """A half-open [start, end) window as people read it.
 
     Whole days are shown with an inclusive last day (Jan 1 – Jan 31 for [Jan 1, Feb 1));

@@ -74,14 +74,15 @@ from schemas.errors import InvalidInput, ValoraError
 class IllegalTransition(ValoraError):
     """An action that the current state does not allow; nothing was changed.
 
-    The message names the object, its current state and the action, e.g.
-    "invoice in_123 is paid: cannot void".
+    The message says it in plain words: the object, its current state, and which states
+    allow the action, e.g. "invoice ACME-2026-000003 is paid; only issued or uncollectible
+    invoices can be marked paid" (the rules come from the transition tables below).
     """
 
     code = "illegal_transition"
 
     def __init__(self, subject: str, state: str, action: str) -> None:
-        super().__init__(f"{subject} is {state}: cannot {action}")
+        super().__init__(f"{subject} is {str(state).replace('_', ' ')}; {_rule(str(action))}")
         self.subject = subject
         self.state = state
         self.action = action
@@ -235,6 +236,41 @@ def advance_subscription(
     except KeyError:
         current = "not started" if state is None else str(state)
         raise IllegalTransition(subject, current, str(action)) from None
+
+
+# --- the rules in plain words, for IllegalTransition --------------------------------------
+
+_INVOICE_DONE = {
+    InvoiceAction.ISSUE: "issued",
+    InvoiceAction.MARK_PAID: "marked paid",
+    InvoiceAction.VOID: "voided",
+    InvoiceAction.MARK_UNCOLLECTIBLE: "marked uncollectible",
+}
+_SUBSCRIPTION_RULES = {
+    SubscriptionAction.START: "only a subscription that has not started can start",
+    SubscriptionAction.START_TRIAL: "only a subscription that has not started can start a trial",
+    SubscriptionAction.TRIAL_END: "only a subscription in its trial can end the trial",
+    SubscriptionAction.INVOICE_OVERDUE: "only an active or past-due subscription can become past due",
+    SubscriptionAction.INVOICE_PAID: "only an active or past-due subscription can be settled by a payment",
+    SubscriptionAction.CANCEL_NOW: "only a trialing, active or past-due subscription can be canceled",
+    SubscriptionAction.SCHEDULE_CANCEL: (
+        "only a trialing, active or past-due subscription without a scheduled cancel can be set to "
+        "cancel at its period's end"
+    ),
+    SubscriptionAction.REVOKE_CANCEL: "only a cancel scheduled for a period's end can be revoked, before that end",
+    SubscriptionAction.PERIOD_END_REACHED: "only a started, not yet ended subscription reaches a period's end",
+}
+
+
+def _rule(action: str) -> str:
+    """Which states allow `action`, in words; invoice rules are read off INVOICE_TRANSITIONS."""
+    if action in _INVOICE_DONE:
+        allowed = [s.value for s in InvoiceStatus if (s, InvoiceAction(action)) in INVOICE_TRANSITIONS]
+        states = " or ".join([", ".join(allowed[:-1]), allowed[-1]] if len(allowed) > 1 else allowed)
+        return f"only {states} invoices can be {_INVOICE_DONE[InvoiceAction(action)]}"
+    if action in _SUBSCRIPTION_RULES:
+        return _SUBSCRIPTION_RULES[SubscriptionAction(action)]
+    return f"cannot {action.replace('_', ' ')}"
 
 
 def require_aware(now: datetime) -> None:

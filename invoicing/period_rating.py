@@ -37,6 +37,7 @@ from decimal import Decimal, localcontext
 from itertools import pairwise
 
 from invoicing import models as m
+from invoicing.html import billing_window
 from invoicing.invoice_rows import BilledLine
 from rating import (
     LineKind,
@@ -176,6 +177,7 @@ def late_lines(
     before = _amounts(_arrears_lines(sub, parts, period, billed))
     after = _amounts(_arrears_lines(sub, parts, period, with_late))
     first = min(start for _, start in after)
+    late_window = billing_window(period.start.isoformat(), period.end.isoformat())  # as the invoice page shows it
     out: list[BilledLine] = []
     for (charge, start), (qty, minor, end) in sorted(after.items()):
         old_qty, old_minor, _ = before.get((charge, start), (Decimal(0), 0, end))
@@ -193,7 +195,7 @@ def late_lines(
                 quantity=extra,
                 amount=from_minor(minor - old_minor, history.first.currency),
                 amount_minor=minor - old_minor,
-                description=f"Late usage for {period.start:%Y-%m-%d} – {period.end:%Y-%m-%d}: {extra} more {meter}",
+                description=f"Late usage for {late_window}: {extra} more {meter}",
                 service_start=start,
                 service_end=end,
             )

@@ -119,14 +119,19 @@ def _check_change(
     where = f"subscription {sub.id!r}"
     if SubscriptionStatus(sub.status) not in _CHANGEABLE:
         raise PlanChangeRefused(f"{where} is {sub.status}; only a live subscription can change plan")
-    if plan_code == current:
-        raise PlanChangeRefused(f"{where} is already on plan {plan_code!r} from {rfc3339(at)} on")
-    if history and at <= history[-1].effective_at:
-        raise PlanChangeRefused(
-            f"{where} already changes plan at {rfc3339(history[-1].effective_at)}; a new change must come after it"
-        )
     if at < sub.start_at or (sub.end_at is not None and at >= sub.end_at):
-        raise PlanChangeRefused(f"{rfc3339(at)} is outside {where}'s life")
+        ends = f", ends {rfc3339(sub.end_at)}" if sub.end_at is not None else ""
+        raise PlanChangeRefused(f"{rfc3339(at)} is outside {where}'s life (starts {rfc3339(sub.start_at)}{ends})")
+    # Checked before "already on that plan": `current` is the plan after the last change, which is
+    # not the plan in force at an earlier `at`, and the real reason is the change scheduled later.
+    if history and at <= history[-1].effective_at:
+        last = history[-1]
+        raise PlanChangeRefused(
+            f"{where} already has a change to plan {last.to_plan!r} at {rfc3339(last.effective_at)}; "
+            "a new change must take effect after it"
+        )
+    if plan_code == current:
+        raise PlanChangeRefused(f"{where} is already on plan {plan_code!r} at {rfc3339(at)}")
     if at < sub.next_period_start or sub.next_close_at is None:
         raise PlanChangeRefused(f"the period of {where} containing {rfc3339(at)} is already invoiced")
     counted = session.scalar(

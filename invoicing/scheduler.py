@@ -87,7 +87,7 @@ class Scheduler:
         """Close due periods batch by batch until none is claimable or the budget is spent."""
         job, total = "close", CloseSummary()
 
-        def body(started: float) -> None:
+        def body(started: float) -> str:
             while not self.stop_event.is_set():
                 if time.monotonic() - started > self.cfg.job_budget_s:
                     self.metrics.job_timeouts.labels(job, "budget").inc()
@@ -111,6 +111,7 @@ class Scheduler:
                 if batch.batches == 0 or batch.invoices + batch.ended == 0:
                     break
             self.metrics.close_failing.set(len(outstanding_failures(self.engine)))
+            return f"{total.invoices} invoice(s), {total.failed} deferred"
 
         self._run_job(job, body)
         return total
@@ -134,7 +135,7 @@ class Scheduler:
     def _run_lifecycle_job(self, job: str, steps: list[_LifecycleStep]) -> int:
         moved = 0
 
-        def body(started: float) -> None:
+        def body(started: float) -> str:
             nonlocal moved
             for step in steps:
                 count = step(
@@ -145,16 +146,18 @@ class Scheduler:
                 )
                 self.metrics.batch_processed.labels(job).inc(count)
                 moved += count
+            return f"{moved} moved"
 
         self._run_job(job, body)
         return moved
 
-    def _run_job(self, job: str, body: Callable[[float], None]) -> None:
-        """Run one job with its metrics (`job` label); a failure is counted and logged, never raised."""
+    def _run_job(self, job: str, body: Callable[[float], str]) -> None:
+        """Run one job with its metrics (`job` label) and a log line; a failure is counted and logged, never raised."""
         self.metrics.job_runs.labels(job).inc()
         started = self.heartbeat = time.monotonic()
         try:
-            body(started)
+            outcome = body(started)
+            log.info("%s job: %s in %.2f s", job, outcome, time.monotonic() - started)
         except DBAPIError as exc:
             reason = _error_reason(exc)
             if reason == "statement_timeout":

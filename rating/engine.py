@@ -25,7 +25,7 @@ from fractions import Fraction
 from rating.money import fraction_to_decimal, from_minor, to_minor
 from rating.periods import Period
 from rating.pricing import EXACT, PRICING, TierLine, fmt
-from rating.proration import proration_factor
+from rating.proration import describe_share, proration_factor
 from schemas.errors import InvalidUsage
 from schemas.plans import Charge, ChargeModel, Plan
 
@@ -89,13 +89,14 @@ def parse_quantity(meter: str, value: object) -> Decimal:
 
 
 def rate_charge(
-    charge: Charge, quantity: Decimal, currency: str, *, factor: Fraction = Fraction(1)
+    charge: Charge, quantity: Decimal, currency: str, *, factor: Fraction = Fraction(1), period: Period | None = None
 ) -> tuple[RatedLine, ...]:
     """Price one charge: its line, then its minimum true-up line if one is owed.
 
     `quantity` is the period's usage of the charge's meter; a flat charge has no meter and
     ignores it. `factor` is the active share of the period (see `proration_factor`) and
-    only flat charges take it: usage is never prorated.
+    only flat charges take it: usage is never prorated. `period`, when given, lets a
+    prorated line say so in days ("prorated 16 of 31 days").
 
     `maximum_amount` caps the exact amount before rounding. When the exact amount is below
     `minimum_amount`, a true-up line bills `minimum_amount − the charge line's billed
@@ -115,6 +116,8 @@ def rate_charge(
         quantity = parse_quantity(charge.meter or charge.key, quantity)
     priced = PRICING[charge.model](charge, quantity, factor)
     exact, detail = priced.amount, priced.detail
+    if charge.model is ChargeModel.FLAT and factor != 1:
+        detail += f", {describe_share(factor, None if period is None else period.microseconds)}"
     if charge.maximum_amount is not None and exact > Fraction(charge.maximum_amount):
         exact = Fraction(charge.maximum_amount)
         detail += f", capped at {fmt(charge.maximum_amount)}"
@@ -176,7 +179,7 @@ def rate_plan(
     lines: list[RatedLine] = []
     for charge in plan.charges:
         if charge.model is ChargeModel.FLAT:
-            lines.extend(rate_charge(charge, _ZERO, plan.currency, factor=factor))
+            lines.extend(rate_charge(charge, _ZERO, plan.currency, factor=factor, period=period))
         else:
             quantity = quantities.get(charge.meter or "", _ZERO)
             lines.extend(rate_charge(charge, quantity, plan.currency))

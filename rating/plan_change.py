@@ -48,7 +48,7 @@ from rating.engine import LineKind, parse_quantity
 from rating.money import currency_exponent, fraction_to_decimal, to_minor
 from rating.periods import Period, as_utc, microseconds_between
 from rating.pricing import PRICING, TierLine, fmt
-from rating.proration import proration_factor
+from rating.proration import describe_share, percent_text, proration_factor
 from schemas.errors import InvalidInput, InvalidPlan
 from schemas.plans import BillingTiming, Charge, ChargeModel, Plan
 
@@ -268,7 +268,9 @@ def _charge_lines(
     """
     priced = PRICING[charge.model](charge, quantity, factor)
     exact, detail = priced.amount, priced.detail
-    scaled = "" if commitment == 1 else f" × {commitment} (time on this plan)"
+    if charge.model is ChargeModel.FLAT and 0 < factor != 1:
+        detail += f", {describe_share(factor, microseconds_between(segment.start, segment.end) / factor)}"
+    scaled = "" if commitment == 1 else f", scaled to {percent_text(commitment)} for the time on this plan"
     if charge.maximum_amount is not None and exact > (cap := Fraction(charge.maximum_amount) * commitment):
         exact = cap
         detail += f", capped at {fmt(charge.maximum_amount)}{scaled}"
@@ -304,7 +306,8 @@ def _remaining_time(
 ) -> WindowedLine:
     """An in-advance flat charge for a window of the period, or its credit."""
     full = _full_period_flat(charge)
-    share = "" if remaining == 1 else f" × {remaining} of the period"
+    period_us = microseconds_between(*window) / remaining
+    share = "" if remaining == 1 else f", {describe_share(remaining, period_us)}"
     detail = f"flat {fmt(fraction_to_decimal(full))}{share}"
     key, label, quantity = _key(charge, window[0]), _label(charge), fraction_to_decimal(remaining)
     if credit:

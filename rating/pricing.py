@@ -72,12 +72,13 @@ def _required(charge: Charge, name: str) -> Decimal:
 
 
 def price_flat(charge: Charge, quantity: Decimal, share: Fraction) -> Priced:
-    """Flat: `amount` per period, times the active share of the period (exact)."""
+    """Flat: `amount` per period, times the active share of the period (exact).
+
+    The detail names the full amount; the caller, which knows the period, says how it
+    was prorated (`rating.proration.describe_share`).
+    """
     amount = _required(charge, "amount")
-    detail = f"flat {fmt(amount)}"
-    if share != 1:
-        detail += f" × {share} of the period"
-    return Priced(Fraction(amount) * share, fraction_to_decimal(share), detail)
+    return Priced(Fraction(amount) * share, fraction_to_decimal(share), f"flat {fmt(amount)}")
 
 
 def price_per_unit(charge: Charge, quantity: Decimal, share: Fraction) -> Priced:

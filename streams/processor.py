@@ -60,6 +60,8 @@ class WorkerConfig:
     session_timeout_ms: int = 10000
     until_idle: bool = False
     idle_quiet_s: float = 2.0
+    data_dir: str | None = None  # Faust's data directory; None: a temporary one, removed on exit
+    log_level: str = "warning"
     reset_offsets: bool = False  # move stored offsets the log no longer holds to its start (streams.offsets)
     offset_check_s: float = 30.0  # how often a running worker re-checks that the log holds its offsets
 
@@ -85,6 +87,7 @@ class BatchProcessor:
         self.offsets: dict[int, int] = {}
         self.crash: BaseException | None = None
         self.heartbeat: float | None = None  # monotonic time of the ingest loop's last turn (readiness)
+        self.stop_reason: str | None = None  # "idle" when `--until-idle` caught up
         self.gaps: dict[int, Gap] = {}  # partitions paused: the log no longer holds their stored offset
         self.touched: set[tuple[str, str, datetime]] = set()
         self._touched_lock = threading.Lock()  # the writer adds, the totals timer takes

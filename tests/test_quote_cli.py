@@ -94,3 +94,22 @@ def test_quote_errors_are_one_line(tmp_path: Path) -> None:
         proc = _quote(tmp_path, plan, usage, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr  # type: ignore[attr-defined]
         assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr  # type: ignore[attr-defined]
+
+
+def test_quote_reads_yaml_like_the_catalog(tmp_path: Path) -> None:
+    """Plan and usage as hand-written YAML (unquoted decimals) quote the same as the JSON files."""
+    import yaml
+
+    from_json = json.loads(_quote(tmp_path, PLAN, {"api_calls": 12000, "storage_gb": "7.5"}).stdout)  # type: ignore[attr-defined]
+    plan_text = yaml.safe_dump(PLAN).replace("'0.002'", "0.002").replace("'49.00'", "49.00")
+    assert "unit_amount: 0.002" in plan_text and "up_to: null" in plan_text
+    (tmp_path / "plan.yaml").write_text(plan_text)
+    (tmp_path / "usage.yml").write_text("api_calls: 12000\nstorage_gb: 7.5\n")
+    env = cli_env(None, None, "quote.")
+    period = ["--period-start", "2026-01-01T00:00:00Z", "--period-end", "2026-02-01T00:00:00Z"]
+    args = ["quote", "--plan", str(tmp_path / "plan.yaml"), "--usage", str(tmp_path / "usage.yml"), *period]
+    assert json.loads(run_cli(args, env).stdout) == from_json
+    (tmp_path / "broken.yaml").write_text("code: [unclosed\n")
+    proc = run_cli(["quote", "--plan", str(tmp_path / "broken.yaml"), *period], env, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "broken.yaml: invalid YAML" in proc.stderr

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
-from valora.cli_common import connect_engine, load_settings, now_utc, parse_time, resolve_bootstrap
+from valora.cli_common import connect_engine, load_settings, now_utc, parse_time, positive_int, resolve_bootstrap
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -50,8 +49,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     )
     ensure_topics(bootstrap, {settings.events_topic: settings.partitions})
     app = build_app(settings, bootstrap=bootstrap, engine=engine)
-    host = args.host or os.environ.get("VALORA_API_HOST") or DEFAULT_HOST
-    port = args.port or int(os.environ.get("VALORA_API_PORT") or DEFAULT_PORT)
+    host = args.host or settings.api_host or DEFAULT_HOST
+    port = args.port or settings.api_port or DEFAULT_PORT
     print(f"valora api on http://{host}:{port}  (OpenAPI at /openapi.json, docs at /docs)", flush=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
@@ -98,24 +97,26 @@ def add_api_parsers(sub: Any) -> None:
 
     api = sub.add_parser("api", help="serve the tenant-facing HTTP API (OpenAPI at /openapi.json)")
     api.add_argument("--host", help=f"interface to listen on (default $VALORA_API_HOST or {DEFAULT_HOST})")
-    api.add_argument("--port", type=int, help=f"port (default $VALORA_API_PORT or {DEFAULT_PORT})")
+    api.add_argument(
+        "--port", type=positive_int(65_535), help=f"port (default $VALORA_API_PORT or {DEFAULT_PORT})"
+    )
     api.set_defaults(func=cmd_api)
 
     keys = sub.add_parser("keys", help="API keys: create (secret shown once), list, revoke")
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="a new key for an organization; prints the secret once, last")
-    create.add_argument("--org", required=True)
+    create.add_argument("--org", required=True, help="organization id")
     create.add_argument(
         "--scope", action="append", required=True, choices=[s.value for s in Scope], help="repeatable"
     )
     create.add_argument("--name", help="what the key is for")
     create.add_argument("--expires-at", type=parse_time, default=None, help="RFC 3339 expiry (default: never)")
-    create.add_argument("--json", action="store_true")
+    create.add_argument("--json", action="store_true", help="print the key, with its secret, as JSON")
     create.set_defaults(func=cmd_keys)
     listing = actions.add_parser("list", help="an organization's keys (never their secrets)")
-    listing.add_argument("--org", required=True)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--org", required=True, help="organization id")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=cmd_keys)
     revoke = actions.add_parser("revoke", help="revoke a key: its next request gets 401")
-    revoke.add_argument("key_id", metavar="ID")
+    revoke.add_argument("key_id", metavar="ID", help="the key's id (as `keys list` shows it)")
     revoke.set_defaults(func=cmd_keys)

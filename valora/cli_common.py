@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,14 +16,61 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+# The instants the CLI accepts (`--as-of`, `--at`, quote periods): wide enough for any real
+# billing history and plan, narrow enough that period arithmetic (anchor + k months) and the
+# invoice-number year never leave what Python and Postgres represent.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def parse_time(value: str) -> datetime:
+    """An RFC 3339 instant with a timezone, in [EARLIEST_TIME, LATEST_TIME), as UTC."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an RFC 3339 time (e.g. 2026-02-01T00:00:00Z)") from None
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{value!r} needs a timezone (e.g. a trailing Z)")
-    return parsed.astimezone(UTC)
+    out_of_range = argparse.ArgumentTypeError(
+        f"{value!r} is out of range ({EARLIEST_TIME.year} to {LATEST_TIME.year - 1})"
+    )
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:  # the offset moves it below year 1 or above 9999
+        raise out_of_range from None
+    if not EARLIEST_TIME <= parsed < LATEST_TIME:
+        raise out_of_range
+    return parsed
+
+
+def positive_int(limit: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in 1..limit."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if not 1 <= number <= limit:
+            raise argparse.ArgumentTypeError(f"{value} is out of range (1 to {limit:,})")
+        return number
+
+    return parse
+
+
+def positive_seconds(limit: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds above 0 and at most `limit`."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+        if not 0 < number <= limit:  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"{value} is out of range (above 0, at most {limit:g})")
+        return number
+
+    return parse
 
 
 # --- resolving services -------------------------------------------------------------------

@@ -1,20 +1,30 @@
 """`valora demo`: the main job from nothing, on the embedded services by default.
 
-Starts (or reuses) the dev services, recreates a `valora_demo` database, applies
-the sample catalog, publishes a few thousand January 2026 events to a fresh topic
-(with re-sent duplicates and some bad records), runs the worker until idle,
+Starts (or reuses) the dev services, recreates a `valora_demo` database (`<configured>_demo`), applies
+the sample catalog, publishes a few thousand January 2026 events to fresh topics of its
+own (with re-sent duplicates and some bad records), runs the worker until idle,
 closes January and prints the invoices and a summary.
+
+The demo never touches the production topic names (`usage.events`, `usage.totals`, ...):
+its topics are `demo.<run>.usage.events` and so on, new each run, so a re-run never
+re-reads an earlier run's records into the recreated database. It writes
+`<state dir>/demo.env`, the `VALORA_*` settings that point every other command at the
+demo's database and topics (`. .valora/demo.env`, as the README's "Using it" says).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shlex
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from invoicing.catalog import apply_catalog, parse_catalog
 from invoicing.close import close_due
@@ -87,28 +97,35 @@ def run_demo(settings: Any, *, events: int) -> int:
     from valora.cli_common import resolve_bootstrap, services_for
 
     started = time.perf_counter()
+    bootstrap_given = settings.kafka_bootstrap is not None
     bootstrap, server_url = services_for(settings)
     settings = type(settings)(**{**vars(settings), "kafka_bootstrap": bootstrap})
     resolve_bootstrap(settings)
-    database_url = recreate_database(server_url, "valora_demo")
+    # Named after the configured database (the dev services': `valora` -> `valora_demo`), so demos
+    # pointed at different databases on one server never share one.
+    database_url = recreate_database(server_url, f"{make_url(server_url).database or 'valora'}_demo")
     engine = make_engine(database_url)
     catalog = json.loads(resources.files("valora.sample").joinpath("catalog.json").read_text(), parse_float=str)
     apply_catalog(engine, parse_catalog(catalog))
-    topic = f"usage.events.demo.{int(time.time())}"
+    prefix = f"demo.{int(time.time())}."
+    topic = f"{prefix}usage.events"
     records = demo_events(events)
     cfg = WorkerConfig(
         bootstrap=bootstrap,
         database_url=database_url,
         events_topic=topic,
         dlq_topic=f"{topic}.dlq",
+        totals_topic=f"{prefix}usage.totals",
         partitions=4,
-        group=f"valora-demo-{topic}",
+        group=f"{prefix}worker",
         until_idle=True,
+        data_dir=str(settings.state_dir / "worker"),
     )
     from streams.worker import ensure_topics
 
     ensure_topics(bootstrap, {topic: cfg.partitions, cfg.dlq_topic: cfg.partitions})
     publish(bootstrap, topic, records)
+    env_file = write_demo_env(settings.state_dir, cfg, bootstrap_given=bootstrap_given)
     run_worker(cfg)
     closed = close_due(engine, as_of=CLOSE_AS_OF, grace=settings.late_grace, clock=lambda: CLOSE_AS_OF)
     invoices = list_invoices(engine, "acme")
@@ -125,7 +142,42 @@ def run_demo(settings: Any, *, events: int) -> int:
     )
     print(f"invoices      {closed.invoices:>8}   (January 2026, closed as of {CLOSE_AS_OF.isoformat()})")
     print(f"time taken    {time.perf_counter() - started:>8.1f} s")
+    print()
+    print(f"Explore the demo's data: `. {_shown(env_file)}`, then `valora invoices list --org acme`")
+    print("(README, \"Using it\"); `valora dev down` stops the services.")
     return 0
+
+
+def write_demo_env(state_dir: Path, cfg: WorkerConfig, *, bootstrap_given: bool) -> Path:
+    """Write `demo.env`: shell exports pointing later commands at the demo's database and topics.
+
+    The broker is named only when the user named it: the dev services' broker is found through
+    their state file, which stays right when `valora dev up` moves it to another port.
+    """
+    settings = {
+        "VALORA_DATABASE_URL": cfg.database_url,
+        "VALORA_EVENTS_TOPIC": cfg.events_topic,
+        "VALORA_DLQ_TOPIC": cfg.dlq_topic,
+        "VALORA_TOTALS_TOPIC": cfg.totals_topic,
+        "VALORA_CONSUMER_GROUP": cfg.group,
+        "VALORA_TOPIC_PARTITIONS": str(cfg.partitions),
+    }
+    if bootstrap_given:
+        settings["VALORA_KAFKA_BOOTSTRAP"] = cfg.bootstrap
+    path = state_dir / "demo.env"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# Written by `valora demo`: `. " + str(path) + "` points valora at the demo's data."]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in settings.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _shown(path: Path) -> str:
+    """The path relative to the working directory when it is below it (shorter to type)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _dead_letter_reasons(engine: Any, topic: str) -> Counter[str]:

@@ -1,6 +1,6 @@
 """`valora quote`: price a plan for one period from JSON files, without a database.
 
-The CLI reads a plan file and a usage file (meter key -> quantity) with `read_json_file`
+The CLI reads a plan file and a usage file (meter key -> quantity), JSON or YAML, with `read_data_file`
 and prints what `build_quote` returns. Everything here is the edge around the pure rating
 engine: parse exactly, validate, call `rating.rate_plan`, and shape a JSON-ready dict.
 Every failure is a `schemas.errors.InvalidInput` (or subclass) with a one-line message.
@@ -20,12 +20,15 @@ from schemas.errors import InvalidInput, InvalidUsage
 from schemas.plans import load_plan
 
 
-def read_json_file(path: str | Path) -> Any:
-    """Parse the JSON file at `path`, with every non-integer number as an exact `Decimal`.
+def read_data_file(path: str | Path) -> Any:
+    """Parse the JSON or YAML (by a .yaml/.yml extension) file at `path`, numbers exact.
+
+    YAML is read like a catalog (`invoicing.catalog.load_yaml`): safe, and `0.002` stays
+    the exact decimal string instead of becoming a binary float.
 
     Raises:
-        InvalidInput: the file is missing or unreadable, is not UTF-8, is not valid JSON,
-            or uses NaN/Infinity (not JSON, and not money).
+        InvalidInput: the file is missing or unreadable, is not UTF-8, is not valid JSON or
+            YAML, or uses NaN/Infinity (not JSON, and not money).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -35,12 +38,25 @@ def read_json_file(path: str | Path) -> Any:
         raise InvalidInput(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise InvalidInput(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        return _parse_yaml(path, text)
     try:
         return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except InvalidInput as exc:
         raise InvalidInput(f"{path}: {exc}") from None
+
+
+def _parse_yaml(path: str | Path, text: str) -> Any:
+    import yaml
+
+    from invoicing.catalog import load_yaml
+
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: invalid YAML: {' '.join(str(exc).split())[:200]}") from None
 
 
 def _reject_constant(name: str) -> Any:

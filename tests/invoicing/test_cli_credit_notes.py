@@ -87,7 +87,7 @@ def test_refusals_are_one_line_and_change_nothing(env: dict[str, str]) -> None:
         ([*credit, "--amount", "1e3"], "is not a decimal number"),
         ([*credit, "--line", "nope"], "has no line 'nope'"),
         ([*credit, "--all", "--org", "globex"], "in organization 'globex'"),
-        (["invoices", "credit", "in_nope", "--reason", "r", "--all"], "no invoice with id 'in_nope'"),
+        (["invoices", "credit", "in_nope", "--reason", "r", "--all"], "no invoice with number or id 'in_nope'"),
         (["invoices", "show-credit-note", "ACME-CN-2026-000001"], "no credit note"),
     ]
     for args, needle in cases:

@@ -39,7 +39,7 @@ def sample_invoice(currency: str = "USD", **overrides: Any) -> dict[str, Any]:
         "issued_at": "2026-02-01T01:00:00Z",
         "due_at": "2026-03-03T01:00:00Z",
         "lines": [
-            _line("base", "flat", "Base: flat 29.00 × 16/31 of the period", "0.516129032258064516129", 1497),
+            _line("base", "flat", "Base: flat 29.00, prorated 16 of 31 days", "0.516129032258064516129", 1497),
             _line("api", "usage", "API calls: 1,500 units (1,000 free) × 0.002", "1500", 100),
             _line(
                 "tokens",

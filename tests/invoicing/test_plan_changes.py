@@ -174,8 +174,11 @@ def test_refused_changes_name_the_reason_and_write_nothing(engine: Engine, datab
         _change(engine, "arr", "scale", utc(2026, 4, 12))  # usage at that instant is counted: no re-split
     assert get_subscription(engine, "acme", "arr")["plan_changes"] == []
     _change(engine, "arr", "scale", utc(2026, 4, 20))
-    with pytest.raises(PlanChangeRefused, match="must come after it"):
+    with pytest.raises(PlanChangeRefused, match="must take effect after it"):
         _change(engine, "arr", "starter", utc(2026, 4, 15))
+    # The plan of the later change, asked for earlier: the reason is that later change, not "already on it".
+    with pytest.raises(PlanChangeRefused, match="already has a change to plan 'scale' at 2026-04-20T00:00:00Z"):
+        _change(engine, "arr", "scale", utc(2026, 4, 15))
     _close(engine, utc(2026, 5, 1, 1))
     with pytest.raises(PlanChangeRefused, match="already invoiced"):
         _change(engine, "arr", "starter", utc(2026, 4, 25))

@@ -72,7 +72,7 @@ def test_usage_is_not_prorated_but_flat_is() -> None:
     )
     invoice = rate_plan(pro, {"m": D(10)}, APRIL, active_from=utc(2026, 4, 21))
     assert [line.amount_minor for line in invoice.lines] == [1000, 1000]
-    assert invoice.lines[0].description == "base: flat 30 × 1/3 of the period"
+    assert invoice.lines[0].description == "base: flat 30, prorated 10 of 30 days"
 
 
 def test_minimum_true_up_and_charge_add_up_to_the_minimum() -> None:

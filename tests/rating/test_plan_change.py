@@ -72,8 +72,8 @@ def test_stripe_upgrade_halfway_through_a_30_day_month() -> None:
     assert (credit.amount, charge.amount, credit.quantity) == (D(-5), D(10), D("0.5"))
     assert (credit.plan, charge.plan) == ("basic", "premium")
     assert {(line.service_start, line.service_end) for line in lines} == {(utc(2026, 4, 16), APRIL.end)}
-    assert credit.description == "Subscription: unused time on plan basic, flat 10 × 1/2 of the period, credited"
-    assert charge.description == "Subscription: time on plan premium billed in advance, flat 20 × 1/2 of the period"
+    assert credit.description == "Subscription: unused time on plan basic, flat 10, prorated 15 of 30 days, credited"
+    assert charge.description == "Subscription: time on plan premium billed in advance, flat 20, prorated 15 of 30 days"
 
 
 def test_stripe_upgrade_at_the_midpoint_of_a_31_day_month_to_the_second() -> None:
@@ -107,8 +107,8 @@ def test_stripe_example_in_arrears_bills_each_segment_its_share() -> None:
         (utc(2026, 4, 16), APRIL.end),
     ]
     assert [line.description for line in lines] == [
-        "base: flat 10 × 1/2 of the period",
-        "base: flat 20 × 1/2 of the period",
+        "base: flat 10, prorated 15 of 30 days",
+        "base: flat 20, prorated 15 of 30 days",
     ]
 
 
@@ -223,7 +223,7 @@ def test_in_advance_amounts_are_the_full_period_flat_held_within_minimum_and_max
     assert rate_plan(lifted, {}, APRIL).total_minor == 1200
     lines = plan_change_adjustment(APRIL, capped, lifted, utc(2026, 4, 16))
     assert [line.amount_minor for line in lines] == [-400, 600]
-    assert lines[0].description == "base: unused time on plan capped, flat 8 × 1/2 of the period, credited"
+    assert lines[0].description == "base: unused time on plan capped, flat 8, prorated 15 of 30 days, credited"
 
 
 def test_minimum_and_maximum_are_shared_by_time_on_each_plan() -> None:
@@ -240,9 +240,9 @@ def test_minimum_and_maximum_are_shared_by_time_on_each_plan() -> None:
         ("api@20260411T000000Z:minimum", MINIMUM, 1000),  # 30 × 1/2 − 5
         ("api@20260421T000000Z", USAGE, 5000),  # 500 capped at 100 × 1/2
     ]
-    assert lines[1].description == "api: minimum 30 per period × 1/2 (time on this plan), true-up"
+    assert lines[1].description == "api: minimum 30 per period, scaled to 50% for the time on this plan, true-up"
     assert lines[1].quantity == 1
-    assert lines[2].description == "api: 500 units × 1, capped at 100 × 1/2 (time on this plan)"
+    assert lines[2].description == "api: 500 units × 1, capped at 100, scaled to 50% for the time on this plan"
 
 
 def test_no_true_up_when_rounding_already_reaches_the_scaled_minimum() -> None:

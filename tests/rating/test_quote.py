@@ -15,7 +15,7 @@ import pytest
 
 from schemas.errors import InvalidInput, InvalidPlan, InvalidUsage
 from tests.rating.builders import STRIPE_FLAT_RATE_TIERS, utc
-from valora.quote import build_quote, read_json_file
+from valora.quote import build_quote, read_data_file
 
 PLAN: dict[str, Any] = {
     "code": "pro",
@@ -62,7 +62,7 @@ def test_quote_shape_and_values() -> None:
                 "quantity": "0.5",
                 "amount": "24.50",
                 "amount_minor": 2450,
-                "description": "Platform fee: flat 49 × 1/2 of the period",
+                "description": "Platform fee: flat 49, prorated 15 of 30 days",
             },
             {
                 "charge": "api",
@@ -148,29 +148,29 @@ def test_bad_times(overrides: dict[str, Any], message: str) -> None:
         quote(**overrides)
 
 
-def test_read_json_file_parses_decimals_exactly(tmp_path: Path) -> None:
+def test_read_data_file_parses_decimals_exactly(tmp_path: Path) -> None:
     path = tmp_path / "usage.json"
     path.write_text('{"api_calls": 0.1, "seats": 3, "gb": "2.50"}', encoding="utf-8")
-    data = read_json_file(path)
+    data = read_data_file(path)
     assert data == {"api_calls": Decimal("0.1"), "seats": 3, "gb": "2.50"}
     assert isinstance(data["api_calls"], Decimal)
-    assert read_json_file(str(path)) == data
+    assert read_data_file(str(path)) == data
 
 
-def test_read_json_file_errors(tmp_path: Path) -> None:
+def test_read_data_file_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match=r"missing\.json: no such file$"):
-        read_json_file(tmp_path / "missing.json")
+        read_data_file(tmp_path / "missing.json")
     with pytest.raises(InvalidInput, match=r": cannot read \("):
-        read_json_file(tmp_path)
+        read_data_file(tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text('{"a": 1,,}', encoding="utf-8")
     with pytest.raises(InvalidInput, match=r"bad\.json: invalid JSON at line 1 column 9: "):
-        read_json_file(bad)
+        read_data_file(bad)
     nan = tmp_path / "nan.json"
     nan.write_text('{"a": NaN}', encoding="utf-8")
     with pytest.raises(InvalidInput, match=r"nan\.json: NaN is not a number Valora accepts$"):
-        read_json_file(nan)
+        read_data_file(nan)
     latin = tmp_path / "latin.json"
     latin.write_bytes(b'{"a": "\xe9"}')
     with pytest.raises(InvalidInput, match=r"latin\.json: not UTF-8 text"):
-        read_json_file(latin)
+        read_data_file(latin)
